@@ -1,0 +1,518 @@
+// rip-server module loader — carried by the rip-server binary (include_str!) and
+// run as `bun loader.mjs` or `node loader.mjs` (Node >= 20) with cwd = the app dir.
+//
+// Contract:
+//   env in: RIP_SOCKET (unix socket to listen on), RIP_ENTRY (absolute path of the
+//     user module), RIP_WORKER_ID, RIP_APP_NAME, RIP_HOT_RELOAD (none|module|process),
+//     RIP_MAX_RELOADS (default 10).
+//   The entry's default export is `{ fetch(req) }` or `function (req)` returning a
+//     Response (or a Promise of one); anything else, or a failing import: error on
+//     stderr, exit 1.
+//   On the socket (HTTP/1.1, socket chmod 0600 once listening): `GET /ready` -> 200
+//     `ok` / 503 `not-ready`; while a request is in flight any other request gets
+//     503 `busy` + `Rip-Worker-Busy: 1`, `Retry-After: 0`, `Rip-Worker-Id: <id>`;
+//     everything else goes to the handler (throw/reject -> 500, stack on stderr).
+//     No idle/keep-alive/header/request timeouts; bodies stream both ways.
+//   RIP_HOT_RELOAD=module: at most every 100 ms (on the request path) the entry's
+//     mtime is checked and the module re-imported (cache-busted) before serving;
+//     a broken edit keeps the last good handler. Past RIP_MAX_RELOADS successful
+//     reloads every response carries `Rip-Worker-Recycle: 1`.
+//   SIGTERM/SIGINT: stop accepting, finish the in-flight request, close the idle
+//     connection, exit 0. Nothing is printed on stdout; errors go to stderr.
+
+import fs from "node:fs";
+import path from "node:path";
+import { pathToFileURL } from "node:url";
+
+const isBun = typeof Bun !== "undefined";
+const env = process.env;
+const socketPath = env.RIP_SOCKET;
+const entryEnv = env.RIP_ENTRY;
+const workerId = env.RIP_WORKER_ID || "0";
+const appName = env.RIP_APP_NAME || "app";
+const hotModule = env.RIP_HOT_RELOAD === "module";
+const maxReloads = (() => {
+  const n = Number.parseInt(env.RIP_MAX_RELOADS ?? "", 10);
+  return Number.isFinite(n) && n >= 0 ? n : 10;
+})();
+
+const tag = `rip-loader[${appName}#${workerId}]`;
+
+function fail(msg, err) {
+  if (err !== undefined) console.error(`${tag}: ${msg}\n`, err);
+  else console.error(`${tag}: ${msg}`);
+  process.exit(1);
+}
+
+if (!socketPath) fail("RIP_SOCKET is not set");
+if (!entryEnv) fail("RIP_ENTRY is not set");
+const entry = path.resolve(entryEnv);
+// Node needs a file: URL (and takes `?v=n` on it as a fresh module); Bun ignores
+// the query of a file: URL but honours one on a plain absolute path.
+const entrySpec = isBun ? entry : pathToFileURL(entry).href;
+
+// ---------------------------------------------------------------------------
+// Handler loading and module hot reload
+
+let invoke = null; // (req, server?) => Response | Promise<Response>
+let generation = 0; // cache-busting counter for re-imports
+let reloads = 0; // successful reloads
+let recycle = false; // reloads > maxReloads
+let stopping = false;
+
+// Returns a bound fetch function for a module namespace, or throws a clear error.
+function handlerOf(mod) {
+  const d = mod ? mod.default : undefined;
+  if (typeof d === "function") return d;
+  if (d !== null && typeof d === "object" && typeof d.fetch === "function") {
+    return d.fetch.bind(d);
+  }
+  const what =
+    d === undefined ? "no default export"
+    : d !== null && typeof d === "object" ? "a default export object without a fetch() method"
+    : `a default export of type ${d === null ? "null" : typeof d}`;
+  throw Object.assign(new TypeError(
+    `${entry} has ${what}; expected \`export default { fetch(req) { ... } }\` ` +
+      "or `export default function (req) { ... }` returning a Response",
+  ), { badExport: true });
+}
+
+// A bad default export is reported by its message alone (its stack is ours).
+const why = (err) => (err && err.badExport ? err.message : err);
+
+function statKey() {
+  try {
+    const st = fs.statSync(entry);
+    return `${st.mtimeMs}:${st.size}:${st.ino}`;
+  } catch {
+    return null; // missing for a moment (editor's atomic save): treat as unchanged
+  }
+}
+
+let entryKey = hotModule ? statKey() : null;
+let lastCheck = 0;
+
+// Called on the request path only when RIP_HOT_RELOAD=module. Returns null when
+// nothing is to be done (the common case, no promise allocated), else a Promise.
+function maybeReload() {
+  const now = Date.now();
+  if (now - lastCheck < 100) return null;
+  lastCheck = now;
+  const key = statKey();
+  if (key === null || key === entryKey) return null;
+  entryKey = key;
+  return reload();
+}
+
+async function reload() {
+  generation++;
+  let next;
+  try {
+    next = handlerOf(await import(`${entrySpec}?v=${generation}`));
+  } catch (err) {
+    console.error(`${tag}: reload of ${entry} failed; keeping the last good handler\n`, why(err));
+    return;
+  }
+  invoke = next;
+  reloads++;
+  if (reloads > maxReloads) recycle = true;
+}
+
+// ---------------------------------------------------------------------------
+// Shared bits
+
+const BUSY_BODY = "busy";
+const NOT_READY_BODY = "not-ready";
+const ERROR_BODY = "Internal Server Error";
+
+function isResponse(r) {
+  return r instanceof Response || (r != null && typeof r.status === "number" && typeof r.headers === "object" && r.headers !== null);
+}
+
+function notAResponse(r) {
+  return new TypeError(`${entry}: the fetch handler returned ${r === null ? "null" : typeof r} instead of a Response`);
+}
+
+function logHandlerError(err) {
+  console.error(`${tag}: request handler failed\n`, err);
+}
+
+function chmodSocket() {
+  try {
+    fs.chmodSync(socketPath, 0o600);
+  } catch (err) {
+    console.error(`${tag}: chmod 0600 ${socketPath} failed\n`, err);
+  }
+}
+
+async function initialLoad() {
+  let mod;
+  try {
+    mod = await import(entrySpec);
+  } catch (err) {
+    fail(`failed to load ${entry}`, err);
+  }
+  try {
+    invoke = handlerOf(mod);
+  } catch (err) {
+    fail(err.message);
+  }
+}
+
+if (isBun) await startBun();
+else await startNode();
+
+// ---------------------------------------------------------------------------
+// Bun
+
+async function startBun() {
+  const readyHeaders = () => (recycle ? { "content-type": "text/plain", "rip-worker-recycle": "1" } : { "content-type": "text/plain" });
+  const busyHeaders = () => {
+    const h = { "content-type": "text/plain", "rip-worker-busy": "1", "retry-after": "0", "rip-worker-id": workerId };
+    if (recycle) h["rip-worker-recycle"] = "1";
+    return h;
+  };
+
+  const finish = (r) => {
+    if (!isResponse(r)) {
+      logHandlerError(notAResponse(r));
+      return serverError();
+    }
+    if (recycle) {
+      try {
+        r.headers.set("rip-worker-recycle", "1");
+      } catch {
+        r = new Response(r.body, r); // immutable headers (e.g. a fetch() response)
+        r.headers.set("rip-worker-recycle", "1");
+      }
+    }
+    return r;
+  };
+  const onError = (err) => {
+    logHandlerError(err);
+    return serverError();
+  };
+  const serverError = () => {
+    const headers = { "content-type": "text/plain" };
+    if (recycle) headers["rip-worker-recycle"] = "1";
+    return new Response(ERROR_BODY, { status: 500, headers });
+  };
+
+  const callHandler = (req, server) => {
+    try {
+      const r = invoke(req, server);
+      if (r !== null && typeof r === "object" && typeof r.then === "function") return r.then(finish, onError);
+      return finish(r);
+    } catch (err) {
+      return onError(err);
+    }
+  };
+
+  const fetch = (req, server) => {
+    const method = req.method;
+    if (method === "GET") {
+      const url = req.url;
+      if (url.endsWith("/ready") && new URL(url).pathname === "/ready") {
+        return invoke
+          ? new Response("ok", { headers: readyHeaders() })
+          : new Response(NOT_READY_BODY, { status: 503, headers: readyHeaders() });
+      }
+    }
+    // pendingRequests counts this request too, and stays up while a response
+    // body is still streaming out.
+    if (server.pendingRequests > 1) {
+      return new Response(BUSY_BODY, { status: 503, headers: busyHeaders() });
+    }
+    if (!invoke) return new Response(NOT_READY_BODY, { status: 503, headers: { "content-type": "text/plain" } });
+    if (hotModule) {
+      const p = maybeReload();
+      if (p !== null) return p.then(() => callHandler(req, server));
+    }
+    return callHandler(req, server);
+  };
+
+  let server;
+  try {
+    server = Bun.serve({
+      unix: socketPath,
+      fetch,
+      idleTimeout: 0, // the LB keeps one connection open indefinitely
+      maxRequestBodySize: Number.MAX_SAFE_INTEGER,
+      development: false,
+      error(err) {
+        logHandlerError(err);
+        return new Response(ERROR_BODY, { status: 500, headers: { "content-type": "text/plain" } });
+      },
+    });
+  } catch (err) {
+    fail(`cannot listen on ${socketPath}`, err);
+  }
+  chmodSocket();
+
+  const shutdown = async () => {
+    if (stopping) return;
+    stopping = true;
+    const deadline = Date.now() + 30_000;
+    server.stop(false); // stop accepting; in-flight requests go on
+    while (server.pendingRequests > 0 && Date.now() < deadline) await Bun.sleep(5);
+    server.stop(true); // drop the idle kept-alive connection
+    process.exit(0);
+  };
+  process.on("SIGTERM", shutdown);
+  process.on("SIGINT", shutdown);
+
+  await initialLoad();
+}
+
+// ---------------------------------------------------------------------------
+// Node
+
+async function startNode() {
+  const http = await import("node:http");
+  const { Readable } = await import("node:stream");
+
+  let inflight = false;
+  let inflightSocket = null;
+  const queued = []; // [req, res, ...] pipelined on the in-flight connection
+  const noop = () => {};
+  const bodyStrategy = { highWaterMark: 64 * 1024, size: (chunk) => chunk.byteLength };
+  const nextTick = () => new Promise((resolve) => setImmediate(resolve, NOT_DONE));
+  const NOT_DONE = Symbol("pending");
+
+  const server = http.createServer({
+    requestTimeout: 0,
+    headersTimeout: 0,
+    keepAliveTimeout: 0,
+    requireHostHeader: false,
+  });
+  // Belt and braces: no idle, keep-alive, header or request timeouts at all.
+  server.timeout = 0;
+  server.keepAliveTimeout = 0;
+  server.headersTimeout = 0;
+  server.requestTimeout = 0;
+
+  const plain = (res, status, body, extra) => {
+    const headers = ["content-type", "text/plain", "content-length", String(body.length)];
+    if (extra) headers.push(...extra);
+    if (recycle) headers.push("rip-worker-recycle", "1");
+    if (stopping) headers.push("connection", "close");
+    res.writeHead(status, headers);
+    res.end(body);
+  };
+  const busyExtra = ["rip-worker-busy", "1", "retry-after", "0", "rip-worker-id", workerId];
+
+  function onRequest(req, res) {
+    if (req.method === "GET" && req.url === "/ready") {
+      if (invoke) plain(res, 200, "ok");
+      else plain(res, 503, NOT_READY_BODY);
+      return;
+    }
+    if (inflight) {
+      // A request pipelined behind the in-flight one on the same connection
+      // waits its turn (Node emits it early); any other connection is told busy.
+      if (req.socket === inflightSocket) return void queued.push(req, res);
+      return plain(res, 503, BUSY_BODY, busyExtra);
+    }
+    if (!invoke) return plain(res, 503, NOT_READY_BODY);
+    start(req, res);
+  }
+
+  function start(req, res) {
+    inflight = true;
+    inflightSocket = req.socket;
+    serve(req, res).then(done, done);
+    function done(err) {
+      inflight = false;
+      inflightSocket = null;
+      if (err) {
+        logHandlerError(err);
+        res.destroy();
+      }
+      if (queued.length > 0) {
+        const [nreq, nres] = queued.splice(0, 2);
+        if (nreq.socket.destroyed) queued.length = 0;
+        else return start(nreq, nres);
+      }
+      if (stopping) afterInFlight(req, res);
+    }
+  }
+
+  function toRequest(req) {
+    const raw = req.rawHeaders;
+    const headers = new Headers();
+    for (let i = 0; i < raw.length; i += 2) headers.append(raw[i], raw[i + 1]);
+    const host = req.headers.host;
+    const u = req.url;
+    let url;
+    if (u.charCodeAt(0) === 47 /* / */) url = `http://${host || "localhost"}${u}`;
+    else if (/^https?:\/\//i.test(u)) url = u;
+    else url = `http://${host || "localhost"}/${u === "*" ? "" : u}`;
+    const method = req.method;
+    const init = { method, headers };
+    if (method !== "GET" && method !== "HEAD") {
+      const cl = req.headers["content-length"];
+      if ((cl !== undefined && cl !== "0") || req.headers["transfer-encoding"] !== undefined) {
+        init.body = Readable.toWeb(req, { strategy: bodyStrategy });
+        init.duplex = "half";
+      }
+    }
+    try {
+      return new Request(url, init);
+    } catch {
+      return new Request(`http://localhost${u.charCodeAt(0) === 47 ? u : "/"}`, init);
+    }
+  }
+
+  async function serve(req, res) {
+    if (hotModule) {
+      const p = maybeReload();
+      if (p !== null) await p;
+    }
+    let response;
+    try {
+      response = await invoke(toRequest(req));
+      if (!isResponse(response)) throw notAResponse(response);
+    } catch (err) {
+      logHandlerError(err);
+      if (!res.destroyed) plain(res, 500, ERROR_BODY);
+      return;
+    }
+    await send(req, res, response);
+  }
+
+  async function send(req, res, response) {
+    const status = response.status;
+    const statusText = response.statusText || undefined;
+    const headers = [];
+    let cookies = false;
+    let hasLength = false;
+    for (const [k, v] of response.headers) {
+      if (k === "set-cookie") cookies = true;
+      else {
+        if (k === "content-length") hasLength = true;
+        headers.push(k, v);
+      }
+    }
+    if (cookies) {
+      const list = typeof response.headers.getSetCookie === "function"
+        ? response.headers.getSetCookie()
+        : [response.headers.get("set-cookie")];
+      for (const c of list) headers.push("set-cookie", c);
+    }
+    if (recycle) headers.push("rip-worker-recycle", "1");
+    if (stopping) headers.push("connection", "close");
+
+    const body = response.body;
+    if (res.destroyed) {
+      if (body) body.cancel().catch(noop);
+      return;
+    }
+    // writeHead() with headers renders the head at once, so Content-Length must
+    // be in `headers` already (res.end(data) no longer adds it).
+    if (body === null || req.method === "HEAD" || status === 204 || status === 304 || status < 200) {
+      if (body) body.cancel().catch(noop);
+      if (body === null && !hasLength && req.method !== "HEAD" && status >= 200 && status !== 204 && status !== 304) {
+        headers.push("content-length", "0");
+      }
+      res.writeHead(status, statusText, headers);
+      res.end();
+      return;
+    }
+
+    const reader = body.getReader();
+    let headSent = false;
+    try {
+      let r = await reader.read();
+      if (r.done) {
+        if (!hasLength) headers.push("content-length", "0");
+        res.writeHead(status, statusText, headers);
+        res.end();
+        return;
+      }
+      let chunk = r.value;
+      // Peek: a body that ends right after its first chunk (a string, a buffer)
+      // goes out with a Content-Length instead of chunked encoding.
+      let next = reader.read();
+      r = await Promise.race([next, nextTick()]);
+      if (r !== NOT_DONE && r.done) {
+        if (!hasLength) headers.push("content-length", String(chunk.byteLength));
+        res.writeHead(status, statusText, headers);
+        headSent = true;
+        res.end(chunk);
+        return;
+      }
+      res.writeHead(status, statusText, headers);
+      headSent = true;
+      // Client gone while we wait on a slow/never-ending body: cancel it.
+      const onClose = () => {
+        if (!res.writableFinished) reader.cancel().catch(noop);
+      };
+      res.once("close", onClose);
+      try {
+        for (;;) {
+          if (!res.write(chunk)) await drained(res);
+          if (res.destroyed) {
+            reader.cancel().catch(noop);
+            return;
+          }
+          r = await next;
+          if (r.done) break;
+          chunk = r.value;
+          next = reader.read(); // read ahead while this chunk is written
+        }
+        res.end();
+      } finally {
+        res.off("close", onClose);
+      }
+    } catch (err) {
+      logHandlerError(err);
+      reader.cancel().catch(noop);
+      if (!headSent && !res.destroyed) plain(res, 500, ERROR_BODY);
+      else res.destroy();
+    }
+  }
+
+  function drained(res) {
+    return new Promise((resolve) => {
+      const done = () => {
+        res.off("drain", done);
+        res.off("close", done);
+        resolve();
+      };
+      res.on("drain", done);
+      res.on("close", done);
+    });
+  }
+
+  // The in-flight request of a stopping server is done: close its connection.
+  function afterInFlight(req, res) {
+    const sock = req.socket;
+    if (res.writableFinished) sock.end();
+    else res.once("finish", () => sock.end());
+    server.closeIdleConnections();
+  }
+
+  server.on("request", onRequest);
+  server.on("clientError", (err, sock) => {
+    if (err.code === "ECONNRESET" || !sock.writable) return sock.destroy();
+    sock.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  });
+
+  await new Promise((resolve) => {
+    server.once("error", (err) => fail(`cannot listen on ${socketPath}`, err));
+    server.listen(socketPath, resolve);
+  });
+  chmodSocket();
+
+  const shutdown = () => {
+    if (stopping) return;
+    stopping = true;
+    server.close(() => process.exit(0)); // fires once every connection is gone
+    server.closeIdleConnections();
+    setTimeout(() => process.exit(0), 30_000).unref();
+  };
+  process.on("SIGTERM", shutdown);
+  process.on("SIGINT", shutdown);
+
+  await initialLoad();
+}

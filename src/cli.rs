@@ -1,0 +1,417 @@
+//! The command-line grammar (DESIGN §2) and the argv of the hidden roles.
+//!
+//! The public form is `rip-server <app> [http:<port>] [w:<N|auto>] [r:<N>]
+//! [--flag[=value] ...]`. The manager, LB and workers are the same binary
+//! started as `rip-server manager|lb|worker ...`; their argv is built by
+//! [`role_args`] and read back by [`parse`], so every role sees exactly the
+//! settings the front validated.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, HotReload};
+use crate::stop::StopTarget;
+
+const LONG_ABOUT: &str = "\
+rip-server runs N copies of your app, each in its own worker process, behind
+one load balancer. Every worker serves one request at a time; when all are
+busy, requests wait in a bounded FIFO queue. Idle workers are picked
+most-recently-used first (a LIFO stack), so a warm worker serves next.
+
+APP is a directory (its entry is the first of index.rip, index.ts, index.js,
+index.mjs, or an executable named `app`), a module file (.rip .ts .js .mjs:
+`export default { fetch(req) { ... } }` run under Bun or Node), any
+executable that serves HTTP/1.1 on the unix socket named in $RIP_SOCKET, or
+`builtin:hello` (a built-in app: /ping, /echo, /sleep?ms=N, /big?n=BYTES).";
+
+const AFTER_HELP: &str = "\
+Tokens after APP come in any order:
+  http:<port>    public HTTP port; http:0 picks a free one [env: PORT] [default: 5002]
+  w:<N|auto>     worker count; auto = CPU cores [default: auto]
+  r:<N>          requests a worker serves before it is recycled; 0 = never [default: 10000]
+
+Examples:
+  rip-server examples/hello http:3000 w:2
+  rip-server examples/python http:0 w:4 --no-access-log
+  rip-server builtin:hello http:8080
+  rip-server --stop examples/hello";
+
+/// The settings every role shares, spelled as flags.
+#[derive(Args, Debug, Clone)]
+pub struct Options {
+    /// Address the public port listens on
+    #[arg(long, env = "RIP_BIND", value_name = "ADDR", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+
+    /// Module reloads a worker takes before it is recycled
+    #[arg(long, env = "RIP_MAX_RELOADS", value_name = "N", default_value_t = 10)]
+    pub max_reloads: u32,
+
+    /// Reload mode [default: module when NODE_ENV/RIP_ENV is unset or development/dev, else none]
+    #[arg(long, env = "RIP_HOT_RELOAD", value_name = "MODE", value_enum)]
+    pub hot_reload: Option<HotReload>,
+
+    /// Capacity of the load balancer's queue
+    #[arg(long, env = "RIP_MAX_QUEUE", value_name = "N", default_value_t = 8192)]
+    pub max_queue: usize,
+
+    /// Longest wait in the queue before `504 Queue timeout`
+    #[arg(
+        long,
+        env = "RIP_QUEUE_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 2000
+    )]
+    pub queue_timeout_ms: u64,
+
+    /// Limit for connecting to a worker's socket
+    #[arg(
+        long,
+        env = "RIP_CONNECT_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 200
+    )]
+    pub connect_timeout_ms: u64,
+
+    /// How long the LB waits for a worker's response head before `504 Upstream timeout`
+    #[arg(
+        long,
+        env = "RIP_READ_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 5000
+    )]
+    pub read_timeout_ms: u64,
+
+    /// How long a graceful stop may take before what is left is killed
+    #[arg(
+        long,
+        env = "RIP_SHUTDOWN_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 10000
+    )]
+    pub shutdown_timeout_ms: u64,
+
+    /// How long an app may take to become ready before its start counts as a crash
+    #[arg(
+        long,
+        env = "RIP_BOOT_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 30000
+    )]
+    pub boot_timeout_ms: u64,
+
+    /// Write access log lines as JSON
+    #[arg(long = "json-logging", visible_alias = "json")]
+    pub json_logging: bool,
+
+    /// Write no access log
+    #[arg(long)]
+    pub no_access_log: bool,
+
+    /// Label in the socket prefix (rip_<variant>_<app>)
+    #[arg(
+        long,
+        env = "RIP_VARIANT",
+        value_name = "NAME",
+        default_value = "server2"
+    )]
+    pub variant: String,
+
+    /// Whole socket prefix [default: rip_<variant>_<app>]
+    #[arg(long, value_name = "PREFIX")]
+    pub socket_prefix: Option<String>,
+
+    /// Directory for the sockets and the pid file
+    #[arg(
+        long,
+        env = "RIP_SOCKET_DIR",
+        value_name = "DIR",
+        default_value = "/tmp"
+    )]
+    pub socket_dir: PathBuf,
+
+    /// JavaScript runtime for module apps: auto (Bun if installed, else Node), bun or node
+    #[arg(long, env = "RIP_RUNTIME", value_name = "NAME", default_value = "auto")]
+    pub runtime: String,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rip-server",
+    version,
+    about = "A process-isolating HTTP application server: one load balancer, N one-request-at-a-time workers",
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    override_usage = "rip-server <APP> [http:<port>] [w:<N|auto>] [r:<N>] [OPTIONS]\n       rip-server --stop [APP]"
+)]
+struct PublicCli {
+    /// The app, then its tokens (http:<port> w:<N|auto> r:<N>)
+    #[arg(value_name = "APP")]
+    args: Vec<String>,
+
+    /// Stop the running server of APP, or every server of this user in the socket dir
+    #[arg(long)]
+    stop: bool,
+
+    #[command(flatten)]
+    options: Options,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "rip-server")]
+struct RoleCli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// Supervises the load balancer and the workers
+    Manager {
+        #[arg(long)]
+        listen_fd: RawFd,
+        #[command(flatten)]
+        options: Options,
+        args: Vec<String>,
+    },
+    /// The public HTTP server and load balancer
+    Lb {
+        #[arg(long)]
+        listen_fd: RawFd,
+        #[arg(long)]
+        link_fd: RawFd,
+        #[command(flatten)]
+        options: Options,
+        args: Vec<String>,
+    },
+    /// Runs one app process and joins it to the load balancer
+    Worker {
+        id: u32,
+        #[arg(long)]
+        app_version: u64,
+        #[command(flatten)]
+        options: Options,
+        args: Vec<String>,
+    },
+}
+
+/// What this process was asked to do.
+#[derive(Debug)]
+pub enum Invocation {
+    Start(Config),
+    Stop(StopTarget),
+    Manager {
+        config: Config,
+        listen_fd: RawFd,
+    },
+    Lb {
+        config: Config,
+        listen_fd: RawFd,
+        link_fd: RawFd,
+    },
+    Worker {
+        config: Config,
+        id: u32,
+        version: u64,
+    },
+}
+
+/// Why parsing did not produce an [`Invocation`].
+#[derive(Debug)]
+pub enum ParseOutcome {
+    /// `--help` or `--version`: print this and exit with this status.
+    Exit(String, u8),
+    /// Bad input: one line naming the problem (exit 2).
+    Usage(String),
+}
+
+const ROLES: [&str; 3] = ["manager", "lb", "worker"];
+
+/// Parses a whole argv (with the program name first).
+pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
+    let is_role = argv
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| ROLES.contains(&a));
+    if is_role {
+        let cli = RoleCli::try_parse_from(argv).map_err(clap_outcome)?;
+        return Ok(match cli.role {
+            Role::Manager {
+                listen_fd,
+                options,
+                args,
+            } => Invocation::Manager {
+                config: config_from(&options, &args)?,
+                listen_fd,
+            },
+            Role::Lb {
+                listen_fd,
+                link_fd,
+                options,
+                args,
+            } => Invocation::Lb {
+                config: config_from(&options, &args)?,
+                listen_fd,
+                link_fd,
+            },
+            Role::Worker {
+                id,
+                app_version,
+                options,
+                args,
+            } => Invocation::Worker {
+                config: config_from(&options, &args)?,
+                id,
+                version: app_version,
+            },
+        });
+    }
+    let cli = PublicCli::try_parse_from(argv).map_err(clap_outcome)?;
+    if cli.stop {
+        if cli.args.len() > 1 {
+            return Err(ParseOutcome::Usage(format!(
+                "--stop takes at most one app, got '{}'",
+                cli.args.join(" ")
+            )));
+        }
+        let target = match cli.args.first() {
+            Some(_) => StopTarget::App(Box::new(config_from(&cli.options, &cli.args)?)),
+            None => {
+                let dir = &cli.options.socket_dir;
+                StopTarget::All(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()))
+            }
+        };
+        return Ok(Invocation::Stop(target));
+    }
+    Ok(Invocation::Start(config_from(&cli.options, &cli.args)?))
+}
+
+fn config_from(options: &Options, args: &[String]) -> Result<Config, ParseOutcome> {
+    Config::from_cli(options, args, &|name| std::env::var(name).ok()).map_err(ParseOutcome::Usage)
+}
+
+/// Turns a clap error into one line (or the help/version text).
+fn clap_outcome(err: clap::Error) -> ParseOutcome {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            ParseOutcome::Exit(err.render().to_string(), 0)
+        }
+        _ => {
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            ParseOutcome::Usage(format!("{first} (see 'rip-server --help')"))
+        }
+    }
+}
+
+/// The argv (after the program name) that starts `role` with `config`.
+/// `role` is e.g. `["worker", "3", "--app-version=1"]`.
+pub fn role_args(role: &[String], config: &Config) -> Vec<String> {
+    let mut args: Vec<String> = role.to_vec();
+    args.extend(config.to_args());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        std::iter::once("rip-server")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    fn start(args: &[&str]) -> Config {
+        match parse(argv(args)) {
+            Ok(Invocation::Start(config)) => config,
+            other => panic!("expected a start, got {other:?}"),
+        }
+    }
+
+    fn usage(args: &[&str]) -> String {
+        match parse(argv(args)) {
+            Err(ParseOutcome::Usage(line)) => line,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tokens_come_in_any_order() {
+        let a = start(&["builtin:hello", "http:0", "w:3", "r:7"]);
+        let b = start(&["builtin:hello", "r:7", "w:3", "http:0"]);
+        assert_eq!((a.port, a.workers, a.max_requests), (0, 3, 7));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_tokens_name_the_problem() {
+        assert!(usage(&["builtin:hello", "w:abc"]).contains("w:abc"));
+        assert!(usage(&["builtin:hello", "w:0"]).contains("w:0"));
+        assert!(usage(&["builtin:hello", "http:70000"]).contains("http:70000"));
+        assert!(usage(&["builtin:hello", "r:-1"]).contains("r:-1"));
+        assert!(usage(&["builtin:hello", "bogus"]).contains("bogus"));
+        assert!(usage(&["builtin:hello", "--bogus"]).contains("--bogus"));
+        assert!(usage(&[]).contains("missing"));
+        assert!(usage(&["builtin:nope"]).contains("builtin:nope"));
+    }
+
+    #[test]
+    fn role_argv_round_trips() {
+        let config = start(&[
+            "builtin:hello",
+            "http:0",
+            "w:2",
+            "r:5",
+            "--json",
+            "--no-access-log",
+            "--hot-reload=process",
+            "--queue-timeout-ms=123",
+            "--socket-dir=/tmp",
+            "--socket-prefix=rip_test_x",
+        ]);
+        let role = [
+            "worker".to_string(),
+            "4".to_string(),
+            "--app-version=9".to_string(),
+        ];
+        let mut full = vec![OsString::from("rip-server")];
+        full.extend(role_args(&role, &config).into_iter().map(OsString::from));
+        match parse(full) {
+            Ok(Invocation::Worker {
+                config: back,
+                id,
+                version,
+            }) => {
+                assert_eq!((id, version), (4, 9));
+                assert_eq!(back, config);
+            }
+            other => panic!("expected a worker, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn help_documents_tokens_and_flags() {
+        match parse(argv(&["--help"])) {
+            Err(ParseOutcome::Exit(text, 0)) => {
+                for needle in [
+                    "http:<port>",
+                    "w:<N|auto>",
+                    "r:<N>",
+                    "--socket-dir",
+                    "--stop",
+                ] {
+                    assert!(text.contains(needle), "help lacks {needle}");
+                }
+            }
+            other => panic!("expected help, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Validated settings shared by every role.
+//!
+//! [`Config::from_cli`] turns flags, tokens and environment into a
+//! [`Config`], resolving the app (its entry, kind and runtime); every problem
+//! is one line for the user. [`Config::to_args`] spells a config back as
+//! flags, so a role started with them rebuilds the same config.
+
+use std::net::IpAddr;
+
+use std::time::Duration;
+
+use crate::apps::App;
+use crate::cli::Options;
+use crate::paths::Paths;
+
+/// The `--hot-reload` modes (DESIGN §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HotReload {
+    None,
+    Process,
+    Module,
+}
+
+impl HotReload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HotReload::None => "none",
+            HotReload::Process => "process",
+            HotReload::Module => "module",
+        }
+    }
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub app: App,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub workers: usize,
+    /// Requests a worker serves before it is recycled; 0 = never.
+    pub max_requests: u64,
+    pub max_reloads: u32,
+    pub hot_reload: HotReload,
+    pub max_queue: usize,
+    pub queue_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub boot_timeout: Duration,
+    pub access_log: AccessLog,
+    pub variant: String,
+    pub paths: Paths,
+}
+
+/// Where the environment comes from (a closure, so tests can fake it).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+const DEFAULT_PORT: u16 = 5002;
+const DEFAULT_MAX_REQUESTS: u64 = 10_000;
+
+/// The tokens after the app path (DESIGN §2).
+#[derive(Debug, Default)]
+struct Tokens {
+    app: Option<String>,
+    port: Option<u16>,
+    workers: Option<usize>,
+    max_requests: Option<u64>,
+}
+
+impl Tokens {
+    fn parse(args: &[String]) -> Result<Tokens, String> {
+        let mut tokens = Tokens::default();
+        for arg in args {
+            if let Some(port) = arg.strip_prefix("http:") {
+                tokens.port = Some(parse_port(port).map_err(|why| format!("{arg}: {why}"))?);
+            } else if let Some(n) = arg.strip_prefix("w:") {
+                tokens.workers = Some(if n == "auto" {
+                    cpu_count()
+                } else {
+                    match n.parse::<usize>() {
+                        Ok(0) => return Err(format!("{arg}: need at least one worker")),
+                        Ok(n) => n,
+                        Err(_) => {
+                            return Err(format!("{arg}: worker count must be a number or 'auto'"))
+                        }
+                    }
+                });
+            } else if let Some(n) = arg.strip_prefix("r:") {
+                tokens.max_requests = Some(n.parse::<u64>().map_err(|_| {
+                    format!("{arg}: requests per worker must be a whole number (0 = never recycle)")
+                })?);
+            } else if tokens.app.is_none() {
+                tokens.app = Some(arg.clone());
+            } else {
+                return Err(format!(
+                    "unexpected argument '{arg}' (tokens are http:<port>, w:<N|auto>, r:<N>)"
+                ));
+            }
+        }
+        Ok(tokens)
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.parse::<u16>()
+        .map_err(|_| "port must be a number from 0 to 65535".to_string())
+}
+
+/// The number of CPU cores (for `w:auto`).
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Config {
+    /// Builds a config from flags, tokens and the environment, resolving the
+    /// app. Errors are one line naming the problem.
+    pub fn from_cli(options: &Options, args: &[String], env: Env) -> Result<Config, String> {
+        let tokens = Tokens::parse(args)?;
+        let app_arg = tokens
+            .app
+            .ok_or("missing <app-path> (for example: rip-server examples/hello http:3000)")?;
+        let app = App::resolve(&app_arg, &options.runtime, env)?;
+        let port = match tokens.port {
+            Some(port) => port,
+            None => match env("PORT") {
+                Some(text) => parse_port(&text).map_err(|why| format!("PORT={text}: {why}"))?,
+                None => DEFAULT_PORT,
+            },
+        };
+        let hot_reload = options
+            .hot_reload
+            .unwrap_or_else(|| default_hot_reload(env));
+        let access_log = match (options.no_access_log, options.json_logging) {
+            (true, _) => AccessLog::Off,
+            (false, true) => AccessLog::Json,
+            (false, false) => AccessLog::Human,
+        };
+        let paths = Paths::new(
+            &options.socket_dir,
+            options.socket_prefix.clone(),
+            &options.variant,
+            &app.name,
+        )?;
+        for (flag, ms) in [
+            ("--queue-timeout-ms", options.queue_timeout_ms),
+            ("--connect-timeout-ms", options.connect_timeout_ms),
+            ("--read-timeout-ms", options.read_timeout_ms),
+            ("--boot-timeout-ms", options.boot_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(format!("{flag}=0: must be at least 1"));
+            }
+        }
+        Ok(Config {
+            app,
+            bind: options.bind,
+            port,
+            workers: tokens.workers.unwrap_or_else(cpu_count),
+            max_requests: tokens.max_requests.unwrap_or(DEFAULT_MAX_REQUESTS),
+            max_reloads: options.max_reloads,
+            hot_reload,
+            max_queue: options.max_queue,
+            queue_timeout: Duration::from_millis(options.queue_timeout_ms),
+            connect_timeout: Duration::from_millis(options.connect_timeout_ms),
+            read_timeout: Duration::from_millis(options.read_timeout_ms),
+            shutdown_timeout: Duration::from_millis(options.shutdown_timeout_ms),
+            boot_timeout: Duration::from_millis(options.boot_timeout_ms),
+            access_log,
+            variant: options.variant.clone(),
+            paths,
+        })
+    }
+
+    /// This config spelled as public arguments; [`Config::from_cli`] on them
+    /// gives the same config back.
+    pub fn to_args(&self) -> Vec<String> {
+        let ms = |d: Duration| d.as_millis().to_string();
+        let mut args = vec![
+            self.app.arg(),
+            format!("http:{}", self.port),
+            format!("w:{}", self.workers),
+            format!("r:{}", self.max_requests),
+            format!("--bind={}", self.bind),
+            format!("--max-reloads={}", self.max_reloads),
+            format!("--hot-reload={}", self.hot_reload.as_str()),
+            format!("--max-queue={}", self.max_queue),
+            format!("--queue-timeout-ms={}", ms(self.queue_timeout)),
+            format!("--connect-timeout-ms={}", ms(self.connect_timeout)),
+            format!("--read-timeout-ms={}", ms(self.read_timeout)),
+            format!("--shutdown-timeout-ms={}", ms(self.shutdown_timeout)),
+            format!("--boot-timeout-ms={}", ms(self.boot_timeout)),
+            format!("--variant={}", self.variant),
+            format!("--socket-prefix={}", self.paths.prefix()),
+            format!("--socket-dir={}", self.paths.dir().display()),
+            format!("--runtime={}", self.app.runtime_arg()),
+        ];
+        match self.access_log {
+            AccessLog::Off => args.push("--no-access-log".into()),
+            AccessLog::Json => args.push("--json-logging".into()),
+            AccessLog::Human => {}
+        }
+        args
+    }
+}
+
+/// `module` in development (NODE_ENV/RIP_ENV unset, `development` or `dev`), else `none`.
+fn default_hot_reload(env: Env) -> HotReload {
+    let setting = env("RIP_ENV").or_else(|| env("NODE_ENV"));
+    match setting.as_deref() {
+        None | Some("") | Some("development") | Some("dev") => HotReload::Module,
+        Some(_) => HotReload::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_reload_defaults_follow_the_environment() {
+        let unset = |_: &str| None;
+        assert_eq!(default_hot_reload(&unset), HotReload::Module);
+        let dev = |k: &str| (k == "NODE_ENV").then(|| "development".to_string());
+        assert_eq!(default_hot_reload(&dev), HotReload::Module);
+        let prod = |k: &str| (k == "NODE_ENV").then(|| "production".to_string());
+        assert_eq!(default_hot_reload(&prod), HotReload::None);
+        let rip_wins = |k: &str| match k {
+            "RIP_ENV" => Some("dev".to_string()),
+            "NODE_ENV" => Some("production".to_string()),
+            _ => None,
+        };
+        assert_eq!(default_hot_reload(&rip_wins), HotReload::Module);
+    }
+
+    #[test]
+    fn tokens_reject_a_second_app() {
+        let err = Tokens::parse(&["a".into(), "b".into()]).unwrap_err();
+        assert!(err.contains("'b'"), "{err}");
+    }
+}

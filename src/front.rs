@@ -1,0 +1,152 @@
+//! The front role: what `rip-server <app> ...` does before any process is
+//! spawned. It checks what can be checked (the socket dir, a server already
+//! running under this prefix, leftovers that are not ours), binds the public
+//! port — so a taken port fails fast, with exit status 2 — and then
+//! re-executes itself in place as the manager, handing over the listener.
+//! The manager keeps this pid, so a shell's job control and `--stop` see one
+//! process from start to finish.
+
+use std::fs;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType, SockaddrStorage,
+};
+
+use crate::config::Config;
+use crate::paths::{remove_ours, Owned, Paths};
+use crate::{cli, stop, Failure};
+
+/// Connections the kernel queues for the LB to accept (capped by somaxconn).
+const BACKLOG: i32 = 4096;
+
+pub fn run(mut config: Config) -> Result<(), Failure> {
+    prepare_socket_dir(&config.paths)?;
+    refuse_running(&config.paths)?;
+    clear_leftovers(&config.paths)?;
+    let listener = bind_public(config.bind, config.port)?;
+    config.port = local_port(&listener)?;
+    // The manager inherits the listener across exec.
+    nix::fcntl::fcntl(
+        listener.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(|e| Failure::fatal(format!("cannot pass the listener on: {e}")))?;
+    let role = [
+        "manager".to_string(),
+        format!("--listen-fd={}", listener.as_raw_fd()),
+    ];
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0("rip-server")
+        .args(cli::role_args(&role, &config))
+        .exec();
+    Err(Failure::fatal(format!("cannot start the manager: {err}")))
+}
+
+/// Creates the socket dir (mode 0700) if it is missing.
+fn prepare_socket_dir(paths: &Paths) -> Result<(), Failure> {
+    let dir = paths.dir();
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Failure::Usage(format!(
+            "socket dir {} is not a directory",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                Failure::Usage(format!("cannot create socket dir {}: {e}", dir.display()))
+            }),
+        Err(e) => Err(Failure::Usage(format!("socket dir {}: {e}", dir.display()))),
+    }
+}
+
+/// One server per prefix: refuse to start while another one runs.
+fn refuse_running(paths: &Paths) -> Result<(), Failure> {
+    if let Some(pid) = stop::running(paths) {
+        return Err(Failure::Usage(format!(
+            "a server with socket prefix {} is already running (pid {pid}); stop it with 'kill {pid}' or 'rip-server --stop'",
+            paths.prefix()
+        )));
+    }
+    // A server without our pid file (the original Bun server2, say) may
+    // still own the control socket.
+    if std::os::unix::net::UnixStream::connect(paths.ctl()).is_ok() {
+        return Err(Failure::Usage(format!(
+            "another server answers on {}; stop it or pick another --socket-prefix",
+            paths.ctl().display()
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a crashed run's sockets and pid file, refusing paths not ours.
+fn clear_leftovers(paths: &Paths) -> Result<(), Failure> {
+    let mut sockets = paths.worker_sockets();
+    sockets.push(paths.ctl());
+    for path in sockets {
+        remove_ours(&path, Owned::Socket).map_err(Failure::Usage)?;
+    }
+    for path in [paths.pid(), paths.loader()] {
+        remove_ours(&path, Owned::File).map_err(Failure::Usage)?;
+    }
+    Ok(())
+}
+
+fn bind_public(ip: IpAddr, port: u16) -> Result<OwnedFd, Failure> {
+    let family = match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| Failure::fatal(format!("cannot create a socket: {e}")))?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)
+        .map_err(|e| Failure::fatal(format!("cannot set SO_REUSEADDR: {e}")))?;
+    let addr = SockaddrStorage::from(SocketAddr::new(ip, port));
+    bind(fd.as_raw_fd(), &addr).map_err(|e| match e {
+        Errno::EADDRINUSE => Failure::Usage(format!("port {port} is already in use on {ip}")),
+        Errno::EACCES => Failure::Usage(format!(
+            "no permission to bind port {port} on {ip} (ports below 1024 need privileges)"
+        )),
+        Errno::EADDRNOTAVAIL => {
+            Failure::Usage(format!("--bind={ip}: not an address of this machine"))
+        }
+        e => Failure::fatal(format!("cannot bind {ip}:{port}: {e}")),
+    })?;
+    let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
+    listen(&fd, backlog)
+        .map_err(|e| Failure::fatal(format!("cannot listen on {ip}:{port}: {e}")))?;
+    Ok(fd)
+}
+
+fn local_port(fd: &OwnedFd) -> Result<u16, Failure> {
+    let addr: SockaddrStorage = getsockname(fd.as_raw_fd())
+        .map_err(|e| Failure::fatal(format!("cannot read the bound address: {e}")))?;
+    addr.as_sockaddr_in()
+        .map(|a| a.port())
+        .or_else(|| addr.as_sockaddr_in6().map(|a| a.port()))
+        .ok_or_else(|| Failure::fatal("the listener has no IP address"))
+}
+
+/// Writes `contents` to a new file of mode 0600 (removing a leftover of ours).
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    remove_ours(path, Owned::File).map_err(io::Error::other)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    // create_new honours the umask; make the mode exact.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+}

@@ -1,0 +1,326 @@
+//! The access log (DESIGN §5): one line per request on stdout, human or JSON.
+//!
+//! Lines are formatted straight into a shared buffer (no allocation per
+//! request) and a writer thread flushes it every few milliseconds, so the
+//! request path never blocks on stdout. If stdout cannot keep up, the
+//! buffer is capped and lines are dropped (and counted) rather than memory
+//! growing or the LB stalling.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper::header::HeaderValue;
+use hyper::Method;
+
+use crate::config::AccessLog as Format;
+
+/// The buffer size past which lines are dropped.
+const MAX_BUFFER: usize = 4 << 20;
+/// How often the writer thread flushes.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// One request, as the log line describes it.
+pub struct Entry<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub status: u16,
+    pub content_type: Option<&'a HeaderValue>,
+    pub length: u64,
+    pub total: Duration,
+    pub worker: Duration,
+}
+
+#[derive(Clone)]
+pub struct AccessLog {
+    inner: Option<Arc<Shared>>,
+}
+
+struct Shared {
+    format: Format,
+    app: String,
+    buffer: Mutex<Vec<u8>>,
+    wake: Condvar,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// Starts the writer thread (none when the log is off).
+    pub fn start(format: Format, app: &str) -> AccessLog {
+        if format == Format::Off {
+            return AccessLog { inner: None };
+        }
+        let shared = Arc::new(Shared {
+            format,
+            app: app.to_string(),
+            buffer: Mutex::new(Vec::with_capacity(64 * 1024)),
+            wake: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        });
+        let writer = shared.clone();
+        let _ = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer.run());
+        AccessLog {
+            inner: Some(shared),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    pub fn log(&self, entry: &Entry<'_>) {
+        let Some(shared) = &self.inner else {
+            return;
+        };
+        let mut buffer = shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buffer.len() >= MAX_BUFFER {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let now = SystemTime::now();
+        let _ = match shared.format {
+            Format::Json => write_json(&mut buffer, &shared.app, now, entry),
+            _ => write_human(&mut buffer, now, entry),
+        };
+    }
+
+    /// Writes out what is buffered (at shutdown).
+    pub fn flush(&self) {
+        if let Some(shared) = &self.inner {
+            shared.write_out();
+        }
+    }
+}
+
+impl Shared {
+    fn run(&self) {
+        loop {
+            {
+                let buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = self.wake.wait_timeout(buffer, FLUSH_EVERY);
+            }
+            self.write_out();
+        }
+    }
+
+    fn write_out(&self) {
+        let pending = {
+            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            if buffer.is_empty() {
+                return;
+            }
+            std::mem::replace(&mut *buffer, Vec::with_capacity(64 * 1024))
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&pending);
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = writeln!(
+                out,
+                "rip-server: {dropped} access log lines dropped (stdout too slow)"
+            );
+        }
+        let _ = out.flush();
+    }
+}
+
+/// `[2026-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B`
+fn write_human(out: &mut Vec<u8>, now: SystemTime, e: &Entry<'_>) -> std::io::Result<()> {
+    out.push(b'[');
+    write_time(out, now, b' ')?;
+    out.extend_from_slice(b" +0000 ");
+    write_scaled(out, e.total.as_secs_f64())?;
+    out.push(b' ');
+    write_scaled(out, e.worker.as_secs_f64())?;
+    write!(out, "] {} {} → {} ", e.method, e.path, e.status)?;
+    let subtype = media_type(e.content_type)
+        .map(|t| t.split_once('/').map_or(t, |(_, sub)| sub))
+        .unwrap_or("");
+    out.extend_from_slice(subtype.as_bytes());
+    writeln!(out, " {}B", e.length)
+}
+
+/// `{"t":"2026-11-28T12:00:00.123Z","app":"hello","method":"GET",...}`
+fn write_json(out: &mut Vec<u8>, app: &str, now: SystemTime, e: &Entry<'_>) -> std::io::Result<()> {
+    out.extend_from_slice(b"{\"t\":\"");
+    write_time(out, now, b'T')?;
+    out.extend_from_slice(b"Z\",\"app\":");
+    write_json_str(out, app);
+    out.extend_from_slice(b",\"method\":");
+    write_json_str(out, e.method.as_str());
+    out.extend_from_slice(b",\"path\":");
+    write_json_str(out, e.path);
+    write!(
+        out,
+        ",\"status\":{},\"totalSeconds\":{},\"workerSeconds\":{}",
+        e.status,
+        e.total.as_secs_f64(),
+        e.worker.as_secs_f64()
+    )?;
+    if let Some(media) = media_type(e.content_type) {
+        out.extend_from_slice(b",\"type\":");
+        write_json_str(out, media);
+    }
+    writeln!(out, ",\"length\":{}}}", e.length)
+}
+
+/// `text/plain` of `text/plain; charset=utf-8`.
+fn media_type(value: Option<&HeaderValue>) -> Option<&str> {
+    let text = value?.to_str().ok()?;
+    let media = text.split(';').next()?.trim();
+    (!media.is_empty()).then_some(media)
+}
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// UTC `YYYY-MM-DD?HH:MM:SS.mmm`, `sep` between date and time.
+fn write_time(out: &mut Vec<u8>, now: SystemTime, sep: u8) -> std::io::Result<()> {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    write!(out, "{year:04}-{month:02}-{day:02}")?;
+    out.push(sep);
+    write!(
+        out,
+        "{:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Seconds as three characters and an SI prefix, as DESIGN §5 shows them:
+/// `  0 s`, ` 52µs`, `1.5ms`, `2.0 s` (the original switched units at 0.05,
+/// printing 52µs as `0.1ms`).
+fn write_scaled(out: &mut Vec<u8>, seconds: f64) -> std::io::Result<()> {
+    const PREFIXES: [&str; 9] = ["T", "G", "M", "k", " ", "m", "µ", "n", "p"];
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        out.extend_from_slice(b"  0 s");
+        return Ok(());
+    }
+    let mut value = seconds;
+    let mut slot = 4usize;
+    while value < 1.0 && slot < PREFIXES.len() - 1 {
+        value *= 1000.0;
+        slot += 1;
+    }
+    while value >= 999.5 && slot > 0 {
+        value /= 1000.0;
+        slot -= 1;
+    }
+    let tenths = (value * 10.0).round() / 10.0;
+    if tenths >= 10.0 {
+        write!(out, "{:>3}", value.round() as u64)?;
+    } else {
+        write!(out, "{tenths:>3.1}")?;
+    }
+    write!(out, "{}s", PREFIXES[slot])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scaled(seconds: f64) -> String {
+        let mut out = Vec::new();
+        write_scaled(&mut out, seconds).expect("write");
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn durations_scale_like_the_original() {
+        assert_eq!(scaled(0.0), "  0 s");
+        assert_eq!(scaled(0.000052), " 52µs");
+        assert_eq!(scaled(0.0015), "1.5ms");
+        assert_eq!(scaled(2.0), "2.0 s");
+        assert_eq!(scaled(0.123), "123ms");
+        assert_eq!(scaled(0.0009996), "1.0ms");
+        assert_eq!(scaled(1500.0), "1.5ks");
+    }
+
+    #[test]
+    fn dates_are_gregorian() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_420), (2025, 11, 28));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    fn entry<'a>(method: &'a Method, content_type: &'a HeaderValue) -> Entry<'a> {
+        Entry {
+            method,
+            path: "/ping",
+            status: 200,
+            content_type: Some(content_type),
+            length: 4,
+            total: Duration::from_micros(52),
+            worker: Duration::from_micros(41),
+        }
+    }
+
+    #[test]
+    fn human_lines_match_the_design() {
+        let method = Method::GET;
+        let ct = HeaderValue::from_static("text/plain; charset=utf-8");
+        let mut out = Vec::new();
+        let at = UNIX_EPOCH + Duration::from_millis(1_764_331_200_123);
+        write_human(&mut out, at, &entry(&method, &ct)).expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "[2025-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_have_the_original_keys() {
+        let method = Method::GET;
+        let ct = HeaderValue::from_static("text/plain");
+        let mut out = Vec::new();
+        write_json(&mut out, "hello", UNIX_EPOCH, &entry(&method, &ct)).expect("write");
+        let line: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(line["t"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(line["app"], "hello");
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["path"], "/ping");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["type"], "text/plain");
+        assert_eq!(line["length"], 4);
+        assert!(line["totalSeconds"].as_f64().expect("f64") > 0.0);
+        assert!(line["workerSeconds"].as_f64().expect("f64") > 0.0);
+    }
+}

@@ -1,0 +1,321 @@
+//! The async layer around the [`Pool`]: waiting in the queue with a
+//! deadline, leases that give the worker back when dropped, and telling the
+//! manager which workers to retire.
+//!
+//! Lock discipline: the pool's mutex is never held across an `.await`, and
+//! nothing that locks it (a [`Lease`] or a queued waiter) is dropped while
+//! it is held.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::pool::{Checkout, Enqueue, Outcome, Pool, Stats, WorkerId};
+use super::upstream::{Conn, Outgoing};
+use crate::link::LinkMsg;
+
+type Waiter<C> = oneshot::Sender<Checkout<C>>;
+
+/// Why a request got no worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// The queue is at `--max-queue`: `503 Server busy`.
+    QueueFull,
+    /// No worker within `--queue-timeout-ms`: `504 Queue timeout`.
+    QueueTimeout,
+}
+
+/// Generic over the connection type so the queue can be tested without
+/// sockets; the LB uses [`Balancer`].
+pub struct Scheduler<C> {
+    pool: Mutex<Pool<C, Waiter<C>>>,
+    queue_timeout: Duration,
+    manager: mpsc::UnboundedSender<LinkMsg>,
+}
+
+pub type Balancer = Scheduler<Conn<Outgoing>>;
+
+impl<C> Scheduler<C> {
+    pub fn new(
+        max_queue: usize,
+        max_requests: u64,
+        queue_timeout: Duration,
+        manager: mpsc::UnboundedSender<LinkMsg>,
+    ) -> Self {
+        Scheduler {
+            pool: Mutex::new(Pool::new(max_queue, max_requests)),
+            queue_timeout,
+            manager,
+        }
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Pool<C, Waiter<C>>> {
+        // A panic elsewhere cannot leave the pool half-updated in a way
+        // that matters more than stopping the LB would.
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn join(&self, id: WorkerId, socket: &Path, version: Option<u64>) {
+        let now = Instant::now().into_std();
+        self.pool().join(id, socket, version, now, deliver);
+    }
+
+    pub fn leave(&self, id: WorkerId) {
+        self.pool().leave(id);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.pool().stats()
+    }
+
+    /// Takes a worker off the rotation and asks the manager to replace it.
+    pub fn retire(&self, id: WorkerId) {
+        if self.pool().retire(id) {
+            let _ = self.manager.send(LinkMsg::Retire { id });
+        }
+    }
+
+    /// Waits for a worker: the idle stack first, else the queue until the
+    /// queue timeout.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease<C>, Reject> {
+        let deadline = Instant::now() + self.queue_timeout;
+        let (key, rx) = {
+            let mut pool = self.pool();
+            if let Some(checkout) = pool.checkout() {
+                drop(pool);
+                return Ok(self.lease(checkout));
+            }
+            let (tx, rx) = oneshot::channel();
+            match pool.enqueue(tx, deadline.into_std()) {
+                Enqueue::Queued(key) => (key, rx),
+                Enqueue::Full(_) => return Err(Reject::QueueFull),
+            }
+        };
+        let mut waiting = Waiting {
+            scheduler: self,
+            key,
+            rx: Some(rx),
+        };
+        let rx = waiting.rx.as_mut().expect("set above");
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(checkout)) => {
+                waiting.rx = None;
+                Ok(self.lease(checkout))
+            }
+            // Timed out, or dropped from the queue at its deadline.
+            Ok(Err(_)) | Err(_) => Err(Reject::QueueTimeout),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, checkout: Checkout<C>) -> Lease<C> {
+        if checkout.retire {
+            let _ = self.manager.send(LinkMsg::Retire { id: checkout.id });
+        }
+        Lease {
+            scheduler: self.clone(),
+            id: checkout.id,
+            socket: checkout.socket,
+            conn: checkout.conn,
+            finished: false,
+        }
+    }
+
+    fn checkin(&self, id: WorkerId, conn: Option<C>, outcome: Outcome) {
+        let now = Instant::now().into_std();
+        if self.pool().checkin(id, conn, outcome, now, deliver) {
+            let _ = self.manager.send(LinkMsg::Retire { id });
+        }
+    }
+}
+
+fn deliver<C>(waiter: Waiter<C>, checkout: Checkout<C>) -> Result<(), Checkout<C>> {
+    waiter.send(checkout)
+}
+
+/// A queued request; leaving the queue early (timeout, client gone) takes
+/// it out, or gives back a worker handed to it in that very moment.
+struct Waiting<'a, C> {
+    scheduler: &'a Scheduler<C>,
+    key: u64,
+    rx: Option<oneshot::Receiver<Checkout<C>>>,
+}
+
+impl<C> Drop for Waiting<'_, C> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let now = Instant::now().into_std();
+        let mut pool = self.scheduler.pool();
+        if !pool.cancel(self.key) {
+            if let Ok(checkout) = rx.try_recv() {
+                pool.give_back(checkout, now, deliver);
+            }
+        }
+    }
+}
+
+/// One worker, held for one request. Dropping it unfinished counts as an
+/// abandoned exchange: the worker is retired, since its app may still be
+/// busy with the request.
+pub struct Lease<C> {
+    scheduler: Arc<Scheduler<C>>,
+    id: WorkerId,
+    socket: Arc<Path>,
+    conn: Option<C>,
+    finished: bool,
+}
+
+impl<C> Lease<C> {
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The kept-alive connection parked with this worker, if any.
+    pub fn take_conn(&mut self) -> Option<C> {
+        self.conn.take()
+    }
+
+    /// The exchange is over and the app is free: park `conn` with the
+    /// worker and give it to the next request.
+    pub fn release(mut self, conn: Option<C>) {
+        self.finished = true;
+        self.scheduler.checkin(self.id, conn, Outcome::Done);
+    }
+
+    /// The app answered busy (it serves someone else): the worker goes to
+    /// the bottom of the idle stack, so the retry tries another one.
+    pub fn busy(mut self, conn: Option<C>) {
+        self.finished = true;
+        self.scheduler.checkin(self.id, conn, Outcome::Busy);
+    }
+
+    /// Takes the worker out of rotation and asks for its replacement.
+    pub fn retire(&self) {
+        self.scheduler.retire(self.id);
+    }
+}
+
+impl<C> Drop for Lease<C> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.scheduler.checkin(self.id, None, Outcome::Abandoned);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduler(max_queue: usize) -> (Arc<Scheduler<()>>, mpsc::UnboundedReceiver<LinkMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let s = Arc::new(Scheduler::new(
+            max_queue,
+            0,
+            Duration::from_millis(2000),
+            tx,
+        ));
+        (s, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_times_out_at_its_deadline() {
+        let (s, _rx) = scheduler(8);
+        s.join(0, Path::new("/tmp/x.0.sock"), None);
+        let busy = s.acquire().await.expect("idle worker");
+        let started = Instant::now();
+        assert_eq!(s.acquire().await.err(), Some(Reject::QueueTimeout));
+        assert_eq!(started.elapsed(), Duration::from_millis(2000));
+        assert_eq!(s.stats().queued, 0, "the waiter left the queue");
+        busy.release(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_worker_goes_to_the_oldest_waiter() {
+        let (s, _rx) = scheduler(8);
+        s.join(0, Path::new("/tmp/x.0.sock"), None);
+        let lease = s.acquire().await.expect("idle worker");
+        let waiter = |s: Arc<Scheduler<()>>| async move {
+            s.acquire().await.map(|lease| {
+                let got = (lease.id(), Instant::now());
+                lease.release(None);
+                got
+            })
+        };
+        let first = tokio::spawn(waiter(s.clone()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = tokio::spawn(waiter(s.clone()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(s.stats().queued, 2);
+        let freed_at = Instant::now();
+        lease.release(None);
+        let (id, at) = first.await.expect("task").expect("worker");
+        assert_eq!((id, at), (0, freed_at), "the oldest waiter, at once");
+        let (id, _) = second.await.expect("task").expect("worker");
+        assert_eq!(id, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_answers_at_once() {
+        let (s, _rx) = scheduler(1);
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { s.acquire().await.err() }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(s.acquire().await.err(), Some(Reject::QueueFull));
+        assert_eq!(waiting.await.expect("task"), Some(Reject::QueueTimeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_joining_worker_serves_the_queue() {
+        let (s, _rx) = scheduler(8);
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { s.acquire().await.map(|l| l.id()) }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.join(5, Path::new("/tmp/x.5.sock"), None);
+        assert_eq!(waiting.await.expect("task").ok(), Some(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_lease_retires_its_worker() {
+        let (s, mut rx) = scheduler(8);
+        s.join(0, Path::new("/tmp/x.0.sock"), None);
+        s.join(1, Path::new("/tmp/x.1.sock"), None);
+        let lease = s.acquire().await.expect("worker");
+        assert_eq!(lease.id(), 1);
+        drop(lease);
+        assert_eq!(rx.recv().await, Some(LinkMsg::Retire { id: 1 }));
+        let next = s.acquire().await.expect("worker");
+        assert_eq!(next.id(), 0);
+        next.release(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_leaves_gives_its_worker_back() {
+        let (s, _rx) = scheduler(8);
+        s.join(0, Path::new("/tmp/x.0.sock"), None);
+        let lease = s.acquire().await.expect("worker");
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.acquire().await.map(|l| l.id()) }
+        });
+        tokio::task::yield_now().await;
+        // The worker is delivered and the waiter is cancelled before it runs.
+        lease.release(None);
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(s.stats().idle, 1, "the delivered worker came back");
+        assert_eq!(s.acquire().await.expect("worker").id(), 0);
+    }
+}

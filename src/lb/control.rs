@@ -1,0 +1,145 @@
+//! The LB's side of the control socket (DESIGN §4): workers join and quit.
+//!
+//! Only processes of this user may connect (checked with the peer's
+//! credentials), a joining worker's socket must lie in the socket dir, and
+//! every refusal is a `400` naming the problem; nothing else changes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::balancer::Balancer;
+use crate::control::{self, Message, MAX_BODY};
+use crate::link::LinkMsg;
+use crate::paths::Paths;
+
+pub struct Control {
+    pub balancer: Arc<Balancer>,
+    pub paths: Paths,
+    pub manager: mpsc::UnboundedSender<LinkMsg>,
+}
+
+/// Accepts control connections until the listener fails.
+pub async fn serve(listener: UnixListener, control: Arc<Control>) {
+    let uid = nix::unistd::geteuid().as_raw();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!("control socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == uid => {}
+            Ok(cred) => {
+                warn!("refused a control connection from uid {}", cred.uid());
+                continue;
+            }
+            Err(e) => {
+                warn!("refused a control connection: no peer credentials: {e}");
+                continue;
+            }
+        }
+        let control = control.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(control.handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+impl Control {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() != "/worker" {
+            return answer(StatusCode::NOT_FOUND, Bytes::from_static(b"not-found"));
+        }
+        if req.method() != Method::POST {
+            return refuse("use POST /worker");
+        }
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                return refuse(&format!(
+                    "cannot read the payload (at most {MAX_BODY} bytes): {e}"
+                ))
+            }
+        };
+        let message = match Message::parse(&body) {
+            Ok(message) => message,
+            Err(why) => return refuse(&why),
+        };
+        match self.apply(message) {
+            Ok(()) => answer(StatusCode::OK, control::ok_body()),
+            Err(why) => refuse(&why),
+        }
+    }
+
+    fn apply(&self, message: Message) -> Result<(), String> {
+        match message {
+            Message::Join {
+                worker_id,
+                pid,
+                socket,
+                version,
+            } => {
+                if !self.paths.holds(&socket) {
+                    return Err(format!(
+                        "socket {} is not in the socket dir {}",
+                        socket.display(),
+                        self.paths.dir().display()
+                    ));
+                }
+                self.balancer.join(worker_id, &socket, version);
+                tracing::debug!("worker {worker_id} joined at {}", socket.display());
+                let _ = self.manager.send(LinkMsg::Joined {
+                    id: worker_id,
+                    pid,
+                    socket,
+                    version,
+                });
+            }
+            Message::Quit { worker_id } => {
+                self.balancer.leave(worker_id);
+                tracing::debug!("worker {worker_id} quit");
+                let _ = self.manager.send(LinkMsg::Left { id: worker_id });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn refuse(why: &str) -> Response<Full<Bytes>> {
+    answer(StatusCode::BAD_REQUEST, control::error_body(why))
+}
+
+fn answer(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let json = body.first() == Some(&b'{');
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let content_type = if json {
+        "application/json"
+    } else {
+        "text/plain"
+    };
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

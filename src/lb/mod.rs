@@ -1,0 +1,260 @@
+//! The load balancer role (DESIGN §5): the public HTTP server, the control
+//! socket, and the scheduling of requests onto workers.
+//!
+//! - [`pool`]: the scheduling core (LIFO idle stack, FIFO queue, deadlines).
+//! - [`balancer`]: the async layer around it (waiting, leases).
+//! - [`proxy`]: one request through the LB, to a worker and back.
+//! - [`upstream`]: the kept-alive connections to worker sockets.
+//! - [`headers`]: hop-by-hop and internal header handling.
+//! - [`control`]: the join/quit server on the control socket.
+//! - [`access_log`]: the access log writer.
+
+pub mod access_log;
+pub mod balancer;
+pub mod control;
+pub mod headers;
+pub mod pool;
+pub mod proxy;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{error, warn};
+
+use crate::config::Config;
+use crate::link::{self, LinkMsg};
+use crate::paths::{remove_ours, Owned};
+use crate::Failure;
+
+use access_log::AccessLog;
+use balancer::Balancer;
+use proxy::{Proxy, ProxyBody};
+
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn run(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failure> {
+    raise_open_files_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve(config, listen_fd, link_fd))
+}
+
+/// Thousands of client connections need thousands of descriptors: take the
+/// whole hard limit.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// Everything a public request may touch.
+struct Lb {
+    proxy: Proxy,
+    app: String,
+    port: u16,
+    workers: usize,
+    started: Instant,
+}
+
+async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failure> {
+    // SAFETY: the manager passed these descriptors to this process alone.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(listen_fd) };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Failure::fatal(format!("bad listener fd {listen_fd}: {e}")))?;
+    let listener = TcpListener::from_std(listener)
+        .map_err(|e| Failure::fatal(format!("bad listener fd {listen_fd}: {e}")))?;
+    // SAFETY: as above.
+    let (mut from_manager, mut to_manager) = unsafe { link::from_raw_fd(link_fd) }
+        .map_err(|e| Failure::fatal(format!("bad link fd {link_fd}: {e}")))?;
+
+    let (manager_tx, mut manager_rx) = mpsc::unbounded_channel::<LinkMsg>();
+    tokio::spawn(async move {
+        while let Some(msg) = manager_rx.recv().await {
+            if to_manager.send(&msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let balancer = Arc::new(Balancer::new(
+        config.max_queue,
+        config.max_requests,
+        config.queue_timeout,
+        manager_tx.clone(),
+    ));
+    let log = AccessLog::start(config.access_log, &config.app.name);
+    let lb = Arc::new(Lb {
+        proxy: Proxy {
+            balancer: balancer.clone(),
+            log: log.clone(),
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
+            max_attempts: config.workers + 1,
+        },
+        app: config.app.name.clone(),
+        port: config.port,
+        workers: config.workers,
+        started: Instant::now(),
+    });
+
+    let ctl_path = config.paths.ctl();
+    let ctl = bind_control(&ctl_path)?;
+    tokio::spawn(control::serve(
+        ctl,
+        Arc::new(control::Control {
+            balancer: balancer.clone(),
+            paths: config.paths.clone(),
+            manager: manager_tx,
+        }),
+    ));
+
+    let (manager_gone_tx, mut manager_gone) = tokio::sync::oneshot::channel::<()>();
+    let link_balancer = balancer.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = from_manager.next().await {
+            match msg {
+                LinkMsg::Dead { id } => link_balancer.leave(id),
+                LinkMsg::Rejoin {
+                    id,
+                    socket,
+                    version,
+                    ..
+                } => link_balancer.join(id, &socket, version),
+                _ => {}
+            }
+        }
+        let _ = manager_gone_tx.send(());
+    });
+
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Failure::fatal(format!("cannot install signal handlers: {e}")))?;
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE and friends: wait a moment rather than spin.
+                        warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let lb = lb.clone();
+                let client = Some(peer.ip());
+                let service = service_fn(move |req| {
+                    let lb = lb.clone();
+                    async move { Ok::<_, Infallible>(lb.route(req, client).await) }
+                });
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = term.recv() => break,
+            _ = &mut manager_gone => {
+                error!("the manager is gone; stopping");
+                break;
+            }
+        }
+    }
+    // Stop accepting; finish what is in flight and queued.
+    drop(listener);
+    let shutdown = tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await;
+    if shutdown.is_err() {
+        warn!("requests still in flight after the shutdown timeout; closing them");
+    }
+    log.flush();
+    if let Err(why) = remove_ours(&ctl_path, Owned::Socket) {
+        warn!("{why}");
+    }
+    Ok(())
+}
+
+fn bind_control(path: &std::path::Path) -> Result<UnixListener, Failure> {
+    remove_ours(path, Owned::Socket).map_err(Failure::Fatal)?;
+    let listener = UnixListener::bind(path).map_err(|e| {
+        Failure::fatal(format!(
+            "cannot bind control socket {}: {e}",
+            path.display()
+        ))
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        Failure::fatal(format!(
+            "cannot restrict control socket {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(listener)
+}
+
+impl Lb {
+    async fn route(&self, req: Request<Incoming>, client: Option<IpAddr>) -> Response<ProxyBody> {
+        let received = Instant::now();
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            match req.uri().path() {
+                "/server" => return own(StatusCode::OK, "text/plain", Bytes::from_static(b"ok")),
+                "/status" => return own(StatusCode::OK, "application/json", self.status()),
+                _ => {}
+            }
+        }
+        self.proxy.forward(req, client, received).await
+    }
+
+    fn status(&self) -> Bytes {
+        let stats = self.proxy.balancer.stats();
+        let healthy = stats.workers >= self.workers;
+        let body = serde_json::json!({
+            "status": if healthy { "healthy" } else { "degraded" },
+            "app": self.app,
+            "workers": stats.workers,
+            "expected": self.workers,
+            "missing": self.workers.saturating_sub(stats.workers),
+            "idle": stats.idle,
+            "busy": stats.busy,
+            "queued": stats.queued,
+            "ports": { "http": self.port },
+            "uptime": self.started.elapsed().as_secs(),
+        });
+        Bytes::from(body.to_string())
+    }
+}
+
+fn own(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::Own(Full::new(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}

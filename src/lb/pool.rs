@@ -1,0 +1,633 @@
+//! The scheduling core of the load balancer: plain data, no I/O, no clock.
+//!
+//! Joined workers sit in a table; idle ones form a LIFO stack (the most
+//! recently freed worker serves next, so a warm process and its caches stay
+//! hot); requests that find no idle worker wait in a bounded FIFO queue with
+//! a deadline each. A worker is checked out for exactly one request and
+//! checked back in when that exchange is over — so no app ever holds two
+//! requests. The async layer ([`super::balancer`]) owns the clock, the
+//! channels and the connections; this file owns every decision.
+//!
+//! Generic over `C`, the kept-alive connection parked with an idle worker,
+//! and `W`, a queued waiter (a channel sender in production).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub type WorkerId = u32;
+
+/// A worker handed out for one request.
+#[derive(Debug)]
+pub struct Checkout<C> {
+    pub id: WorkerId,
+    pub socket: Arc<Path>,
+    /// The connection parked with the worker, if one is open.
+    pub conn: Option<C>,
+    /// This checkout used up the worker's request budget: ask for a
+    /// replacement now, so it boots while this last request runs.
+    pub retire: bool,
+}
+
+/// How an exchange with a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response was read to its end: the app is free again.
+    Done,
+    /// The exchange was cut off (read timeout, client gone, worker lost):
+    /// the app may still be busy, so it gets nothing more.
+    Abandoned,
+    /// The app answered busy without taking the request: it goes to the
+    /// bottom of the idle stack, so a retry tries the others first.
+    Busy,
+}
+
+/// What became of a request that found no idle worker.
+#[derive(Debug)]
+pub enum Enqueue<W> {
+    /// Queued under this key (to cancel it on timeout).
+    Queued(u64),
+    /// The queue is at capacity: the waiter comes back.
+    Full(W),
+}
+
+#[derive(Debug)]
+struct Slot<C> {
+    socket: Arc<Path>,
+    version: Option<u64>,
+    busy: bool,
+    /// Gets no further requests (recycled, abandoned, unreachable).
+    retired: bool,
+    /// Quit or died while busy: forget it at check-in.
+    leaving: bool,
+    served: u64,
+    conn: Option<C>,
+}
+
+#[derive(Debug)]
+struct Waiter<W> {
+    key: u64,
+    deadline: Instant,
+    waiter: W,
+}
+
+/// Counts for `/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Joined workers of the newest version that have not left.
+    pub workers: usize,
+    pub idle: usize,
+    pub busy: usize,
+    pub queued: usize,
+}
+
+#[derive(Debug)]
+pub struct Pool<C, W> {
+    slots: HashMap<WorkerId, Slot<C>>,
+    idle: Vec<WorkerId>,
+    queue: VecDeque<Waiter<W>>,
+    max_queue: usize,
+    /// Requests a worker serves before it is retired; 0 = never.
+    max_requests: u64,
+    /// The newest version any joined worker announced.
+    newest: Option<u64>,
+    next_key: u64,
+}
+
+impl<C, W> Pool<C, W> {
+    pub fn new(max_queue: usize, max_requests: u64) -> Self {
+        Pool {
+            slots: HashMap::new(),
+            idle: Vec::new(),
+            queue: VecDeque::new(),
+            max_queue,
+            max_requests,
+            newest: None,
+            next_key: 0,
+        }
+    }
+
+    /// Adds (or re-adds) a worker. If requests are waiting, the oldest live
+    /// one gets it at once through `deliver`. A newer `version` than any
+    /// seen makes every older worker ineligible for new requests.
+    pub fn join(
+        &mut self,
+        id: WorkerId,
+        socket: &Path,
+        version: Option<u64>,
+        now: Instant,
+        deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
+    ) {
+        if let Some(old) = self.slots.get(&id) {
+            if old.busy {
+                // A re-join while its old self is mid-request: the old
+                // exchange checks in to nothing, the new self starts clean.
+                self.slots.remove(&id);
+            } else {
+                self.forget(id);
+            }
+        }
+        if let Some(v) = version {
+            if self.newest.is_none_or(|n| v > n) {
+                self.newest = Some(v);
+                let slots = &self.slots;
+                self.idle
+                    .retain(|w| slots.get(w).is_some_and(|s| s.version >= Some(v)));
+            }
+        }
+        self.slots.insert(
+            id,
+            Slot {
+                socket: Arc::from(socket),
+                version,
+                busy: false,
+                retired: false,
+                leaving: false,
+                served: 0,
+                conn: None,
+            },
+        );
+        if self.eligible(id) {
+            self.hand_over(id, now, deliver);
+        }
+    }
+
+    /// Removes a worker that quit or died. If it is mid-request it is
+    /// forgotten when that request checks in.
+    pub fn leave(&mut self, id: WorkerId) {
+        match self.slots.get_mut(&id) {
+            Some(slot) if slot.busy => slot.leaving = true,
+            Some(_) => self.forget(id),
+            None => {}
+        }
+    }
+
+    fn forget(&mut self, id: WorkerId) {
+        self.slots.remove(&id);
+        self.idle.retain(|&w| w != id);
+    }
+
+    /// Marks a worker as getting no further requests. Returns true the first
+    /// time, when the manager should be asked for a replacement.
+    pub fn retire(&mut self, id: WorkerId) -> bool {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return false;
+        };
+        if slot.retired || slot.leaving {
+            return false;
+        }
+        slot.retired = true;
+        slot.conn = None;
+        self.idle.retain(|&w| w != id);
+        true
+    }
+
+    /// Takes the most recently freed eligible worker, if any.
+    pub fn checkout(&mut self) -> Option<Checkout<C>> {
+        while let Some(id) = self.idle.pop() {
+            if self.eligible(id) {
+                return Some(self.check_out(id));
+            }
+        }
+        None
+    }
+
+    /// Queues a waiter until `deadline`, unless the queue is full.
+    pub fn enqueue(&mut self, waiter: W, deadline: Instant) -> Enqueue<W> {
+        if self.queue.len() >= self.max_queue {
+            return Enqueue::Full(waiter);
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        self.queue.push_back(Waiter {
+            key,
+            deadline,
+            waiter,
+        });
+        Enqueue::Queued(key)
+    }
+
+    /// Takes a waiter out of the queue (its deadline passed or its client
+    /// left). False if it was no longer queued: a worker was handed to it.
+    pub fn cancel(&mut self, key: u64) -> bool {
+        // Deadlines expire in FIFO order, so the waiter is nearly always first.
+        match self.queue.iter().position(|w| w.key == key) {
+            Some(i) => {
+                self.queue.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Returns a worker after its exchange. Returns true when the worker was
+    /// retired just now (abandoned), so the manager should replace it.
+    pub fn checkin(
+        &mut self,
+        id: WorkerId,
+        conn: Option<C>,
+        outcome: Outcome,
+        now: Instant,
+        deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
+    ) -> bool {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return false;
+        };
+        slot.busy = false;
+        if slot.leaving {
+            self.forget(id);
+            return false;
+        }
+        if outcome == Outcome::Abandoned {
+            return self.retire(id);
+        }
+        slot.conn = conn;
+        if self.eligible(id) {
+            if outcome == Outcome::Busy && self.queue.is_empty() {
+                self.idle.insert(0, id);
+            } else {
+                self.hand_over(id, now, deliver);
+            }
+        }
+        false
+    }
+
+    /// Gives back a checkout that was never used (its waiter left just as
+    /// it was delivered): it does not count as a served request.
+    pub fn give_back(
+        &mut self,
+        checkout: Checkout<C>,
+        now: Instant,
+        deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
+    ) {
+        if let Some(id) = self.undo(checkout) {
+            if self.eligible(id) {
+                self.hand_over(id, now, deliver);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let workers = self
+            .slots
+            .values()
+            .filter(|s| !s.leaving && self.is_current(s))
+            .count();
+        let busy = self.slots.values().filter(|s| s.busy).count();
+        Stats {
+            workers,
+            idle: self.idle.len(),
+            busy,
+            queued: self.queue.len(),
+        }
+    }
+
+    fn is_current(&self, slot: &Slot<C>) -> bool {
+        // As the original: a worker without a version is always current.
+        match (self.newest, slot.version) {
+            (Some(newest), Some(v)) => v >= newest,
+            _ => true,
+        }
+    }
+
+    /// Whether `id` may take a new request.
+    fn eligible(&self, id: WorkerId) -> bool {
+        self.slots
+            .get(&id)
+            .is_some_and(|s| !s.busy && !s.retired && !s.leaving && self.is_current(s))
+    }
+
+    fn check_out(&mut self, id: WorkerId) -> Checkout<C> {
+        let max = self.max_requests;
+        let slot = self
+            .slots
+            .get_mut(&id)
+            .expect("check_out is only called for an eligible worker");
+        slot.busy = true;
+        slot.served += 1;
+        let retire = max > 0 && slot.served >= max;
+        if retire {
+            slot.retired = true;
+        }
+        Checkout {
+            id,
+            socket: slot.socket.clone(),
+            conn: slot.conn.take(),
+            retire,
+        }
+    }
+
+    /// Reverts a checkout that was never used; returns the worker's id if
+    /// it is still registered (it is then free but not on the stack).
+    fn undo(&mut self, checkout: Checkout<C>) -> Option<WorkerId> {
+        let id = checkout.id;
+        let slot = self.slots.get_mut(&id)?;
+        slot.busy = false;
+        slot.served -= 1;
+        if checkout.retire {
+            slot.retired = false;
+        }
+        slot.conn = checkout.conn;
+        if slot.leaving {
+            self.forget(id);
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Hands an eligible, unstacked worker to the oldest waiter whose
+    /// deadline has not passed, or pushes it on the idle stack.
+    fn hand_over(
+        &mut self,
+        id: WorkerId,
+        now: Instant,
+        mut deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
+    ) {
+        while let Some(waiter) = self.queue.pop_front() {
+            if waiter.deadline <= now {
+                // Its timer is answering 504 right now; dropping the waiter
+                // tells it so even if the timer has not run yet.
+                continue;
+            }
+            let checkout = self.check_out(id);
+            match deliver(waiter.waiter, checkout) {
+                Ok(()) => return,
+                Err(checkout) => {
+                    if self.undo(checkout).is_none() || !self.eligible(id) {
+                        return;
+                    }
+                }
+            }
+        }
+        self.idle.push(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Waiters are names; delivery records who got which worker.
+    type TestPool = Pool<&'static str, &'static str>;
+
+    fn pool(max_queue: usize, max_requests: u64) -> TestPool {
+        Pool::new(max_queue, max_requests)
+    }
+
+    fn join(
+        p: &mut TestPool,
+        id: WorkerId,
+        version: Option<u64>,
+        now: Instant,
+    ) -> Vec<(&'static str, WorkerId)> {
+        let mut got = Vec::new();
+        p.join(
+            id,
+            Path::new(&format!("/tmp/p.{id}.sock")),
+            version,
+            now,
+            |w, c| {
+                got.push((w, c.id));
+                Ok(())
+            },
+        );
+        got
+    }
+
+    fn checkin(
+        p: &mut TestPool,
+        id: WorkerId,
+        outcome: Outcome,
+        now: Instant,
+    ) -> (bool, Vec<(&'static str, WorkerId)>) {
+        let mut got = Vec::new();
+        let retired = p.checkin(id, Some("conn"), outcome, now, |w, c| {
+            got.push((w, c.id));
+            Ok(())
+        });
+        (retired, got)
+    }
+
+    fn take(p: &mut TestPool) -> Option<WorkerId> {
+        p.checkout().map(|c| c.id)
+    }
+
+    #[test]
+    fn idle_workers_are_a_lifo_stack() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        for id in 0..3 {
+            join(&mut p, id, None, now);
+        }
+        assert_eq!(take(&mut p), Some(2));
+        assert_eq!(take(&mut p), Some(1));
+        checkin(&mut p, 2, Outcome::Done, now);
+        checkin(&mut p, 1, Outcome::Done, now);
+        // The most recently freed worker serves next.
+        assert_eq!(take(&mut p), Some(1));
+        assert_eq!(take(&mut p), Some(2));
+        assert_eq!(take(&mut p), Some(0));
+        assert_eq!(take(&mut p), None);
+    }
+
+    #[test]
+    fn the_connection_stays_with_its_worker() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        let c = p.checkout().expect("worker");
+        assert_eq!(c.conn, None);
+        checkin(&mut p, 0, Outcome::Done, now);
+        assert_eq!(p.checkout().expect("worker").conn, Some("conn"));
+    }
+
+    #[test]
+    fn waiters_are_served_first_in_first_out() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(2);
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        assert_eq!(take(&mut p), Some(0));
+        assert!(matches!(p.enqueue("first", later), Enqueue::Queued(_)));
+        assert!(matches!(p.enqueue("second", later), Enqueue::Queued(_)));
+        let (_, got) = checkin(&mut p, 0, Outcome::Done, now);
+        assert_eq!(got, vec![("first", 0)]);
+        let (_, got) = checkin(&mut p, 0, Outcome::Done, now);
+        assert_eq!(got, vec![("second", 0)]);
+        let (_, got) = checkin(&mut p, 0, Outcome::Done, now);
+        assert!(got.is_empty());
+        assert_eq!(p.stats().idle, 1);
+    }
+
+    #[test]
+    fn a_joining_worker_takes_the_oldest_waiter() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        p.enqueue("a", now + Duration::from_secs(1));
+        p.enqueue("b", now + Duration::from_secs(1));
+        assert_eq!(join(&mut p, 7, None, now), vec![("a", 7)]);
+        assert_eq!(p.stats().queued, 1);
+    }
+
+    #[test]
+    fn a_full_queue_refuses() {
+        let now = Instant::now();
+        let mut p = pool(2, 0);
+        assert!(matches!(p.enqueue("a", now), Enqueue::Queued(_)));
+        assert!(matches!(p.enqueue("b", now), Enqueue::Queued(_)));
+        assert!(matches!(p.enqueue("c", now), Enqueue::Full("c")));
+    }
+
+    #[test]
+    fn expired_waiters_are_passed_over() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        take(&mut p);
+        p.enqueue("late", now + Duration::from_millis(10));
+        p.enqueue("fresh", now + Duration::from_secs(5));
+        let (_, got) = checkin(&mut p, 0, Outcome::Done, now + Duration::from_millis(10));
+        assert_eq!(got, vec![("fresh", 0)]);
+    }
+
+    #[test]
+    fn a_cancelled_waiter_gets_nothing() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        take(&mut p);
+        let Enqueue::Queued(key) = p.enqueue("gone", now + Duration::from_secs(1)) else {
+            panic!("queued")
+        };
+        assert!(p.cancel(key));
+        assert!(!p.cancel(key));
+        let (_, got) = checkin(&mut p, 0, Outcome::Done, now);
+        assert!(got.is_empty());
+        assert_eq!(take(&mut p), Some(0));
+    }
+
+    #[test]
+    fn a_failed_delivery_falls_through_to_the_next_waiter() {
+        let now = Instant::now();
+        let mut p = pool(8, 3);
+        join(&mut p, 0, None, now);
+        take(&mut p);
+        p.enqueue("dropped", now + Duration::from_secs(1));
+        p.enqueue("alive", now + Duration::from_secs(1));
+        let mut got = Vec::new();
+        p.checkin(0, None, Outcome::Done, now, |w, c| {
+            if w == "dropped" {
+                Err(c)
+            } else {
+                got.push((w, c.id, c.retire));
+                Ok(())
+            }
+        });
+        // Second of a budget of 3: the failed delivery did not count.
+        assert_eq!(got, vec![("alive", 0, false)]);
+        checkin(&mut p, 0, Outcome::Done, now);
+        assert!(p.checkout().expect("third").retire);
+    }
+
+    #[test]
+    fn a_given_back_checkout_does_not_count() {
+        let now = Instant::now();
+        let mut p = pool(8, 2);
+        join(&mut p, 0, None, now);
+        let c = p.checkout().expect("worker");
+        p.give_back(c, now, |_, c| Err(c));
+        assert!(!p.checkout().expect("first").retire);
+        checkin(&mut p, 0, Outcome::Done, now);
+        assert!(p.checkout().expect("second").retire);
+    }
+
+    #[test]
+    fn a_worker_is_retired_after_its_request_budget() {
+        let now = Instant::now();
+        let mut p = pool(8, 2);
+        join(&mut p, 0, None, now);
+        assert!(!p.checkout().expect("first").retire);
+        checkin(&mut p, 0, Outcome::Done, now);
+        assert!(p.checkout().expect("second").retire);
+        let (newly, _) = checkin(&mut p, 0, Outcome::Done, now);
+        assert!(!newly, "the replacement was asked for at checkout");
+        assert_eq!(take(&mut p), None);
+        // Still counted until it quits, so /status does not flap.
+        assert_eq!(p.stats().workers, 1);
+        p.leave(0);
+        assert_eq!(p.stats().workers, 0);
+    }
+
+    #[test]
+    fn an_abandoned_worker_gets_nothing_more() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        join(&mut p, 1, None, now);
+        assert_eq!(take(&mut p), Some(1));
+        p.enqueue("waiting", now + Duration::from_secs(1));
+        let (newly, got) = checkin(&mut p, 1, Outcome::Abandoned, now);
+        assert!(newly);
+        assert!(
+            got.is_empty(),
+            "an abandoned worker must not serve the queue"
+        );
+        assert!(!p.retire(1), "retired once only");
+        assert_eq!(take(&mut p), Some(0));
+    }
+
+    #[test]
+    fn only_the_newest_version_gets_new_requests() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, Some(1), now);
+        join(&mut p, 1, Some(1), now);
+        assert_eq!(take(&mut p), Some(1));
+        join(&mut p, 2, Some(2), now);
+        assert_eq!(take(&mut p), Some(2));
+        assert_eq!(take(&mut p), None, "version 1 workers are out");
+        // A version 1 worker finishing its request is not restacked.
+        checkin(&mut p, 1, Outcome::Done, now);
+        assert_eq!(take(&mut p), None);
+        assert_eq!(p.stats().workers, 1);
+    }
+
+    #[test]
+    fn a_worker_leaving_mid_request_is_forgotten_at_checkin() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        take(&mut p);
+        p.leave(0);
+        assert_eq!(p.stats().workers, 0);
+        p.enqueue("w", now + Duration::from_secs(1));
+        let (_, got) = checkin(&mut p, 0, Outcome::Done, now);
+        assert!(got.is_empty());
+        assert_eq!(take(&mut p), None);
+    }
+
+    #[test]
+    fn a_busy_worker_goes_to_the_bottom_of_the_stack() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        join(&mut p, 1, None, now);
+        assert_eq!(take(&mut p), Some(1));
+        checkin(&mut p, 1, Outcome::Busy, now);
+        assert_eq!(take(&mut p), Some(0));
+        assert_eq!(take(&mut p), Some(1));
+    }
+
+    #[test]
+    fn a_rejoin_replaces_the_old_entry() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        join(&mut p, 0, None, now);
+        assert_eq!(p.stats().idle, 1);
+        assert_eq!(take(&mut p), Some(0));
+        assert_eq!(take(&mut p), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! The private channel between the manager and the load balancer (DESIGN §3).
+//!
+//! An inherited unix socketpair carrying one JSON object per line. The LB
+//! tells the manager which workers joined or left and which to retire; the
+//! manager tells the LB which worker processes died, and replays the joined
+//! workers to a restarted LB.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+use crate::lb::pool::WorkerId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum LinkMsg {
+    /// LB → manager: a worker joined the pool.
+    Joined {
+        id: WorkerId,
+        pid: Option<u32>,
+        socket: PathBuf,
+        version: Option<u64>,
+    },
+    /// LB → manager: a worker quit the pool.
+    Left { id: WorkerId },
+    /// LB → manager: this worker gets no more requests; replace it.
+    Retire { id: WorkerId },
+    /// Manager → LB: this worker's process is gone.
+    Dead { id: WorkerId },
+    /// Manager → LB (after an LB restart): this worker had joined.
+    Rejoin {
+        id: WorkerId,
+        pid: Option<u32>,
+        socket: PathBuf,
+        version: Option<u64>,
+    },
+}
+
+/// Wraps an inherited (or freshly made) socketpair end.
+///
+/// # Safety
+/// `fd` must be an open unix stream socket this process owns and nothing
+/// else will close.
+pub unsafe fn from_raw_fd(fd: RawFd) -> std::io::Result<(LinkReader, LinkWriter)> {
+    // SAFETY: the caller guarantees `fd` is an owned, open socket.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    from_fd(owned)
+}
+
+pub fn from_fd(fd: OwnedFd) -> std::io::Result<(LinkReader, LinkWriter)> {
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    std_stream.set_nonblocking(true)?;
+    let (read, write) = UnixStream::from_std(std_stream)?.into_split();
+    Ok((
+        LinkReader {
+            lines: BufReader::new(read),
+            buf: String::new(),
+        },
+        LinkWriter { write },
+    ))
+}
+
+pub struct LinkReader {
+    lines: BufReader<OwnedReadHalf>,
+    buf: String,
+}
+
+impl LinkReader {
+    /// The next message; None when the other side is gone. Lines that do
+    /// not parse are skipped with a warning.
+    pub async fn next(&mut self) -> Option<LinkMsg> {
+        loop {
+            self.buf.clear();
+            match self.lines.read_line(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => match serde_json::from_str(self.buf.trim_end()) {
+                    Ok(msg) => return Some(msg),
+                    Err(e) => tracing::warn!("ignoring a bad link message: {e}"),
+                },
+            }
+        }
+    }
+}
+
+pub struct LinkWriter {
+    write: OwnedWriteHalf,
+}
+
+impl LinkWriter {
+    pub async fn send(&mut self, msg: &LinkMsg) -> std::io::Result<()> {
+        let mut line = serde_json::to_string(msg).map_err(std::io::Error::other)?;
+        line.push('\n');
+        self.write.write_all(line.as_bytes()).await
+    }
+}

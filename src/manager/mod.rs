@@ -1,0 +1,34 @@
+//! The manager role: supervises one load balancer and N workers (DESIGN §3, §8).
+//!
+//! It owns the public listener (inherited from the front) and hands it to
+//! each LB it starts, with one end of a private socketpair ([`crate::link`]).
+//! Supervision reconciles what is wanted (N workers) against what is alive:
+//! a crashed worker is replaced after an exponential backoff; a worker the
+//! LB retires (request budget, abandoned request) or a rolling restart
+//! replaces gets its replacement at once, and is stopped only after the
+//! replacement has joined. SIGTERM/SIGINT stop everything in order: the LB
+//! drains first (the workers still serve), then the workers, then the
+//! sockets and pid file are removed.
+
+mod supervisor;
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::config::Config;
+use crate::{spawn, Failure};
+
+pub use supervisor::Backoff;
+
+pub fn run(config: Config, listen_fd: RawFd) -> Result<(), Failure> {
+    // SAFETY: the front passed this listening socket across exec; nothing
+    // else in this process owns it.
+    let listener = unsafe { OwnedFd::from_raw_fd(listen_fd) };
+    // Keep it for LB restarts, but out of the workers and apps.
+    spawn::set_cloexec(listener.as_fd())
+        .map_err(|e| Failure::fatal(format!("bad listener fd {listen_fd}: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async { supervisor::Supervisor::start(config, listener)?.run().await })
+}

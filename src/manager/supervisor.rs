@@ -1,0 +1,622 @@
+//! The manager's event loop: processes, their lifecycles, and the stop.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::apps::{AppKind, LOADER};
+use crate::config::Config;
+use crate::lb::pool::WorkerId;
+use crate::link::{self, LinkMsg};
+use crate::paths::{remove_ours, Owned};
+use crate::{front, spawn, Failure};
+
+/// A worker that served this long before crashing resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// How much longer each consecutive LB crash waits before its restart.
+const LB_RESTART_STEP: Duration = Duration::from_millis(100);
+/// Extra time a stopping process gets beyond the shutdown timeout.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// Exponential restart delay: 1 s doubling to 30 s.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    streak: u32,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_secs(1);
+    pub const MAX: Duration = Duration::from_secs(30);
+
+    /// Records a crash and returns how long to wait before the restart.
+    pub fn crashed(&mut self) -> Duration {
+        let delay = Self::FIRST
+            .saturating_mul(1u32 << self.streak.min(5))
+            .min(Self::MAX);
+        self.streak = self.streak.saturating_add(1);
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        self.streak = 0;
+    }
+}
+
+/// Where a worker process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Started, not yet joined to the LB.
+    Starting,
+    /// Joined: serving.
+    Ready,
+    /// Gets no new requests; stopped once its replacement has joined.
+    Retiring,
+    /// Sent SIGTERM; killed at `deadline` if still alive.
+    Stopping { deadline: Instant },
+}
+
+#[derive(Debug)]
+struct Worker {
+    pid: u32,
+    version: u64,
+    state: State,
+    /// The retiring worker this one replaces (stopped when this one joins).
+    replaces: Option<WorkerId>,
+    joined_at: Option<Instant>,
+}
+
+/// A worker as the LB knows it, kept to replay to a restarted LB.
+#[derive(Debug, Clone)]
+struct Joined {
+    pid: Option<u32>,
+    socket: PathBuf,
+    version: Option<u64>,
+}
+
+struct Lb {
+    pid: u32,
+    generation: u64,
+    link: mpsc::UnboundedSender<LinkMsg>,
+    started: Instant,
+}
+
+#[derive(Debug)]
+enum Event {
+    WorkerExited(WorkerId, ExitStatus),
+    LbExited(u64, ExitStatus),
+    Link(u64, LinkMsg),
+}
+
+pub struct Supervisor {
+    config: Config,
+    listener: OwnedFd,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    lb: Option<Lb>,
+    lb_generation: u64,
+    lb_crashes: u32,
+    lb_restart_at: Option<Instant>,
+    workers: BTreeMap<WorkerId, Worker>,
+    joined: BTreeMap<WorkerId, Joined>,
+    next_id: WorkerId,
+    version: u64,
+    backoff: Backoff,
+    respawn_at: Option<Instant>,
+    all_ready_once: bool,
+}
+
+impl Supervisor {
+    /// Writes the pid file (and the module loader), announces the server
+    /// and starts the LB and the workers.
+    pub fn start(config: Config, listener: OwnedFd) -> Result<Supervisor, Failure> {
+        let paths = &config.paths;
+        front::write_private(&paths.pid(), format!("{}\n", std::process::id()).as_bytes())
+            .map_err(|e| Failure::fatal(format!("cannot write {}: {e}", paths.pid().display())))?;
+        if matches!(config.app.kind, AppKind::Module { .. }) {
+            front::write_private(&paths.loader(), LOADER.as_bytes()).map_err(|e| {
+                Failure::fatal(format!("cannot write {}: {e}", paths.loader().display()))
+            })?;
+        }
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut supervisor = Supervisor {
+            config,
+            listener,
+            events_tx,
+            events,
+            lb: None,
+            lb_generation: 0,
+            lb_crashes: 0,
+            lb_restart_at: None,
+            workers: BTreeMap::new(),
+            joined: BTreeMap::new(),
+            next_id: 0,
+            version: 1,
+            backoff: Backoff::default(),
+            respawn_at: None,
+            all_ready_once: false,
+        };
+        supervisor.announce();
+        if let Err(e) = supervisor.start_lb() {
+            supervisor.cleanup();
+            return Err(e);
+        }
+        supervisor.reconcile();
+        Ok(supervisor)
+    }
+
+    fn announce(&self) {
+        let c = &self.config;
+        let host = match c.bind {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let plural = if c.workers == 1 { "" } else { "s" };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "rip-server: serving {} ({}) on http://{host}:{} with {} worker{plural} (pid {})",
+            c.app.name,
+            c.app.describe(),
+            c.port,
+            c.workers,
+            std::process::id()
+        );
+        let _ = out.flush();
+    }
+
+    pub async fn run(mut self) -> Result<(), Failure> {
+        let mut term = signal(SignalKind::terminate()).map_err(signal_failure)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(signal_failure)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(signal_failure)?;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => self.rolling_restart(),
+                Some(event) = self.events.recv() => self.handle(event),
+                _ = tick.tick() => {
+                    self.restart_lb_if_due();
+                    self.enforce_deadlines();
+                    self.reconcile();
+                }
+            }
+        }
+        info!("stopping");
+        self.stop(&mut int).await;
+        self.cleanup();
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::WorkerExited(id, status) => self.worker_exited(id, status),
+            Event::LbExited(generation, status) => {
+                if self
+                    .lb
+                    .as_ref()
+                    .is_some_and(|lb| lb.generation == generation)
+                {
+                    let lb = self.lb.take().expect("checked above");
+                    if lb.started.elapsed() > HEALTHY_AFTER {
+                        self.lb_crashes = 0;
+                    }
+                    // The listener stays open meanwhile: clients wait in
+                    // the backlog, they are not refused. Only a crash loop
+                    // slows the restarts down.
+                    let delay = LB_RESTART_STEP * self.lb_crashes.min(20);
+                    self.lb_crashes += 1;
+                    error!("load balancer exited ({status}); restarting it");
+                    self.lb_restart_at = Some(Instant::now() + delay);
+                    self.restart_lb_if_due();
+                }
+            }
+            Event::Link(generation, msg) => {
+                if self
+                    .lb
+                    .as_ref()
+                    .is_some_and(|lb| lb.generation == generation)
+                {
+                    self.link_message(msg);
+                }
+            }
+        }
+    }
+
+    fn link_message(&mut self, msg: LinkMsg) {
+        match msg {
+            LinkMsg::Joined {
+                id,
+                pid,
+                socket,
+                version,
+            } => {
+                self.joined.insert(
+                    id,
+                    Joined {
+                        pid,
+                        socket,
+                        version,
+                    },
+                );
+                let Some(worker) = self.workers.get_mut(&id) else {
+                    return; // a worker we did not start (e.g. an external one)
+                };
+                if worker.state == State::Starting {
+                    worker.state = State::Ready;
+                }
+                worker.joined_at = Some(Instant::now());
+                info!(
+                    "worker {id} ready (pid {}, version {})",
+                    worker.pid, worker.version
+                );
+                if let Some(old) = worker.replaces.take() {
+                    self.stop_worker(old);
+                }
+                let ready = self
+                    .workers
+                    .values()
+                    .filter(|w| w.state == State::Ready)
+                    .count();
+                if !self.all_ready_once && ready >= self.config.workers {
+                    self.all_ready_once = true;
+                    info!("all {ready} workers ready");
+                }
+            }
+            LinkMsg::Left { id } => {
+                self.joined.remove(&id);
+            }
+            LinkMsg::Retire { id } => {
+                if let Some(worker) = self.workers.get_mut(&id) {
+                    if matches!(worker.state, State::Starting | State::Ready) {
+                        worker.state = State::Retiring;
+                        self.reconcile();
+                    }
+                }
+            }
+            LinkMsg::Dead { .. } | LinkMsg::Rejoin { .. } => {}
+        }
+    }
+
+    fn worker_exited(&mut self, id: WorkerId, status: ExitStatus) {
+        self.joined.remove(&id);
+        self.send_lb(LinkMsg::Dead { id });
+        let Some(worker) = self.workers.remove(&id) else {
+            return;
+        };
+        match worker.state {
+            State::Stopping { .. } | State::Retiring => {}
+            State::Starting | State::Ready => {
+                if worker
+                    .joined_at
+                    .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER)
+                {
+                    self.backoff.reset();
+                }
+                let delay = self.backoff.crashed();
+                let missing = self.config.workers.saturating_sub(self.active());
+                error!(
+                    "worker {id} (pid {}) exited unexpectedly ({status}); {missing} worker(s) missing, restarting in {}s",
+                    worker.pid,
+                    delay.as_secs()
+                );
+                let at = Instant::now() + delay;
+                self.respawn_at = Some(self.respawn_at.map_or(at, |t| t.max(at)));
+            }
+        }
+        self.reconcile();
+    }
+
+    /// Workers that are or will be serving (not on their way out).
+    fn active(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| matches!(w.state, State::Starting | State::Ready))
+            .count()
+    }
+
+    /// Starts what is missing: a replacement for every retiring worker
+    /// without one (at once: planned), then workers up to the wanted count
+    /// (after the crash backoff).
+    fn reconcile(&mut self) {
+        let orphans: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(id, w)| {
+                w.state == State::Retiring
+                    && !self.workers.values().any(|r| r.replaces == Some(**id))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for old in orphans {
+            if self.active() >= self.config.workers {
+                break;
+            }
+            let version = self.version;
+            if !self.spawn_worker(Some(old), version) {
+                return;
+            }
+        }
+        if let Some(at) = self.respawn_at {
+            if Instant::now() < at {
+                return;
+            }
+            self.respawn_at = None;
+        }
+        while self.active() < self.config.workers {
+            let version = self.version;
+            if !self.spawn_worker(None, version) {
+                return;
+            }
+        }
+    }
+
+    /// SIGHUP: every serving worker gets a replacement of the next version.
+    fn rolling_restart(&mut self) {
+        self.version += 1;
+        info!("rolling restart to version {}", self.version);
+        for worker in self.workers.values_mut() {
+            if matches!(worker.state, State::Starting | State::Ready) {
+                worker.state = State::Retiring;
+            }
+        }
+        self.reconcile();
+    }
+
+    fn spawn_worker(&mut self, replaces: Option<WorkerId>, version: u64) -> bool {
+        let id = self.next_id;
+        self.next_id += 1;
+        let role = [
+            "worker".to_string(),
+            id.to_string(),
+            format!("--app-version={version}"),
+        ];
+        let mut command = spawn::role(&role, &self.config, &[]);
+        command.stdin(Stdio::null());
+        match command.spawn() {
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or(0);
+                self.workers.insert(
+                    id,
+                    Worker {
+                        pid,
+                        version,
+                        state: State::Starting,
+                        replaces,
+                        joined_at: None,
+                    },
+                );
+                let events = self.events_tx.clone();
+                tokio::spawn(async move {
+                    if let Ok(status) = child.wait().await {
+                        let _ = events.send(Event::WorkerExited(id, status));
+                    }
+                });
+                true
+            }
+            Err(e) => {
+                let delay = self.backoff.crashed();
+                error!(
+                    "cannot start worker {id}: {e}; retrying in {}s",
+                    delay.as_secs()
+                );
+                self.respawn_at = Some(Instant::now() + delay);
+                false
+            }
+        }
+    }
+
+    fn stop_worker(&mut self, id: WorkerId) {
+        let deadline = Instant::now() + self.config.shutdown_timeout + KILL_GRACE;
+        if let Some(worker) = self.workers.get_mut(&id) {
+            if !matches!(worker.state, State::Stopping { .. }) {
+                worker.state = State::Stopping { deadline };
+                spawn::signal(worker.pid, Signal::SIGTERM);
+            }
+        }
+    }
+
+    /// Kills workers that outlived their stop deadline.
+    fn enforce_deadlines(&mut self) {
+        let now = Instant::now();
+        for (id, worker) in &self.workers {
+            if let State::Stopping { deadline } = worker.state {
+                if now >= deadline {
+                    warn!("worker {id} did not stop in time; killing it");
+                    spawn::signal_group(worker.pid, Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    fn restart_lb_if_due(&mut self) {
+        if self.lb_restart_at.is_some_and(|at| Instant::now() >= at) {
+            self.lb_restart_at = None;
+            if let Err(e) = self.start_lb() {
+                error!("{e:?}");
+                self.lb_restart_at = Some(Instant::now() + Backoff::FIRST);
+            }
+        }
+    }
+
+    fn start_lb(&mut self) -> Result<(), Failure> {
+        let (mine, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Failure::fatal(format!("cannot create the LB link: {e}")))?;
+        let role = [
+            "lb".to_string(),
+            format!("--listen-fd={}", self.listener.as_raw_fd()),
+            format!("--link-fd={}", theirs.as_raw_fd()),
+        ];
+        let mut command = spawn::role(
+            &role,
+            &self.config,
+            &[self.listener.as_raw_fd(), theirs.as_raw_fd()],
+        );
+        command.stdin(Stdio::null());
+        let mut child = command
+            .spawn()
+            .map_err(|e| Failure::fatal(format!("cannot start the load balancer: {e}")))?;
+        drop(theirs);
+        self.lb_generation += 1;
+        let generation = self.lb_generation;
+        let (mut reader, mut writer) = link::from_fd(mine)
+            .map_err(|e| Failure::fatal(format!("cannot use the LB link: {e}")))?;
+        let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkMsg>();
+        tokio::spawn(async move {
+            while let Some(msg) = link_rx.recv().await {
+                if writer.send(&msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = reader.next().await {
+                if events.send(Event::Link(generation, msg)).is_err() {
+                    break;
+                }
+            }
+        });
+        let events = self.events_tx.clone();
+        let pid = child.id().unwrap_or(0);
+        tokio::spawn(async move {
+            if let Ok(status) = child.wait().await {
+                let _ = events.send(Event::LbExited(generation, status));
+            }
+        });
+        // A restarted LB learns the workers that had joined its predecessor.
+        for (&id, joined) in &self.joined {
+            let _ = link_tx.send(LinkMsg::Rejoin {
+                id,
+                pid: joined.pid,
+                socket: joined.socket.clone(),
+                version: joined.version,
+            });
+        }
+        self.lb = Some(Lb {
+            pid,
+            generation,
+            link: link_tx,
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+
+    fn send_lb(&self, msg: LinkMsg) {
+        if let Some(lb) = &self.lb {
+            let _ = lb.link.send(msg);
+        }
+    }
+
+    /// The graceful stop: the LB drains while the workers serve, then the
+    /// workers stop. A second SIGINT kills everything at once.
+    async fn stop(&mut self, int: &mut tokio::signal::unix::Signal) {
+        let deadline = Instant::now() + self.config.shutdown_timeout + KILL_GRACE;
+        if let Some(lb) = &self.lb {
+            spawn::signal(lb.pid, Signal::SIGTERM);
+        }
+        let mut forced = false;
+        while self.lb.is_some() {
+            tokio::select! {
+                Some(event) = self.events.recv() => match event {
+                    Event::LbExited(..) => self.lb = None,
+                    Event::WorkerExited(id, _) => { self.workers.remove(&id); }
+                    Event::Link(..) => {}
+                },
+                _ = int.recv() => { forced = true; self.kill_all(); }
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!("load balancer did not drain in time; killing it");
+                    self.kill_all_lb();
+                }
+            }
+        }
+        for id in self.workers.keys().copied().collect::<Vec<_>>() {
+            if forced {
+                break;
+            }
+            self.stop_worker(id);
+        }
+        let deadline = Instant::now() + self.config.shutdown_timeout + KILL_GRACE;
+        let mut killed = false;
+        while !self.workers.is_empty() {
+            tokio::select! {
+                Some(event) = self.events.recv() => {
+                    if let Event::WorkerExited(id, _) = event {
+                        self.workers.remove(&id);
+                    }
+                }
+                _ = int.recv() => self.kill_all(),
+                _ = tokio::time::sleep_until(deadline), if !killed => {
+                    warn!("{} worker(s) did not stop in time; killing them", self.workers.len());
+                    self.kill_all();
+                    killed = true;
+                }
+            }
+        }
+        info!("stopped");
+    }
+
+    fn kill_all_lb(&mut self) {
+        if let Some(lb) = &self.lb {
+            spawn::signal(lb.pid, Signal::SIGKILL);
+        }
+    }
+
+    fn kill_all(&mut self) {
+        self.kill_all_lb();
+        for worker in self.workers.values() {
+            // The worker's app is in its own group and dies with its worker.
+            spawn::signal(worker.pid, Signal::SIGKILL);
+        }
+    }
+
+    /// Removes every path this server made.
+    fn cleanup(&self) {
+        let paths = &self.config.paths;
+        let mut sockets = paths.worker_sockets();
+        sockets.push(paths.ctl());
+        for path in sockets {
+            if let Err(e) = remove_ours(&path, Owned::Socket) {
+                warn!("{e}");
+            }
+        }
+        for path in [paths.loader(), paths.pid()] {
+            if let Err(e) = remove_ours(&path, Owned::File) {
+                warn!("{e}");
+            }
+        }
+    }
+}
+
+fn signal_failure(e: std::io::Error) -> Failure {
+    Failure::fatal(format!("cannot install signal handlers: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_thirty() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| backoff.crashed().as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        backoff.reset();
+        assert_eq!(backoff.crashed(), Duration::from_secs(1));
+    }
+}

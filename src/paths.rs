@@ -1,0 +1,251 @@
+//! Socket and pid-file paths (DESIGN §4) and their safety checks.
+//!
+//! Everything lives in the socket dir under one prefix:
+//! `<prefix>.ctl.sock`, `<prefix>.<id>.sock`, `<prefix>.pid`, plus the
+//! module loader the workers run, `<prefix>.loader.mjs`. A path is only ever
+//! removed when it is ours: a socket (or a regular file, for the pid file and
+//! the loader) owned by this user, never a symlink.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+pub const UNIX_PATH_MAX: usize = 107;
+
+/// The longest worker id a path is checked for (ids only grow).
+const LONGEST_ID: u32 = u32::MAX;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    dir: PathBuf,
+    prefix: String,
+}
+
+impl Paths {
+    /// Builds the paths for `prefix` (or `rip_<variant>_<app>`) in `dir`,
+    /// checking that every socket path fits the unix limit.
+    pub fn new(
+        dir: &Path,
+        prefix: Option<String>,
+        variant: &str,
+        app_name: &str,
+    ) -> Result<Paths, String> {
+        let dir = absolute(dir).map_err(|e| format!("socket dir {}: {e}", dir.display()))?;
+        let prefix = match prefix {
+            Some(prefix) => {
+                if prefix.is_empty() || prefix.contains(['/', '\0']) {
+                    return Err(format!(
+                        "--socket-prefix={prefix}: must be a non-empty file name prefix (no '/')"
+                    ));
+                }
+                prefix
+            }
+            None => format!("rip_{}_{}", sanitize(variant), sanitize(app_name)),
+        };
+        let paths = Paths { dir, prefix };
+        for path in [paths.worker(LONGEST_ID), paths.ctl()] {
+            let len = path.as_os_str().len();
+            if len > UNIX_PATH_MAX {
+                return Err(format!(
+                    "socket path {} is {len} bytes, over the {UNIX_PATH_MAX}-byte unix limit: use a shorter --socket-dir or --socket-prefix",
+                    path.display()
+                ));
+            }
+        }
+        Ok(paths)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The control socket the LB listens on.
+    pub fn ctl(&self) -> PathBuf {
+        self.file("ctl.sock")
+    }
+
+    /// The socket worker `id`'s app listens on.
+    pub fn worker(&self, id: u32) -> PathBuf {
+        self.file(&format!("{id}.sock"))
+    }
+
+    /// The manager's pid file.
+    pub fn pid(&self) -> PathBuf {
+        self.file("pid")
+    }
+
+    /// Where the manager writes the module loader for the workers.
+    pub fn loader(&self) -> PathBuf {
+        self.file("loader.mjs")
+    }
+
+    fn file(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{}.{suffix}", self.prefix))
+    }
+
+    /// Whether `path` names a file directly inside the socket dir (no `..`,
+    /// no subdirectory), as a joining worker's socket must.
+    pub fn holds(&self, path: &Path) -> bool {
+        path.is_absolute()
+            && path.parent() == Some(self.dir.as_path())
+            && path
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+    }
+
+    /// Every worker socket of this prefix present in the socket dir.
+    pub fn worker_sockets(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let head = format!("{}.", self.prefix);
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = name.strip_prefix(&head)?.strip_suffix(".sock")?;
+                id.parse::<u32>().ok()?;
+                Some(e.path())
+            })
+            .collect()
+    }
+}
+
+/// Replaces what cannot stand in a file name prefix.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn absolute(dir: &Path) -> io::Result<PathBuf> {
+    let joined = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    // Resolve symlinks (e.g. /tmp -> /private/tmp) where the dir exists, so
+    // socket paths compare equal however they were spelled.
+    Ok(fs::canonicalize(&joined).unwrap_or(joined))
+}
+
+/// What kind of file a path we may remove must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owned {
+    Socket,
+    File,
+}
+
+/// Removes `path` if it is a leftover of ours (a socket or regular file, as
+/// `kind` says, owned by this user, not a symlink). Returns whether
+/// something was removed; refuses, with a reason, anything else.
+pub fn remove_ours(path: &Path, kind: Owned) -> Result<bool, String> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+    };
+    let file_type = meta.file_type();
+    if file_type.is_symlink() {
+        return Err(format!(
+            "refusing to remove {}: it is a symlink",
+            path.display()
+        ));
+    }
+    let right_kind = match kind {
+        Owned::Socket => file_type.is_socket(),
+        Owned::File => file_type.is_file(),
+    };
+    if !right_kind {
+        let what = match kind {
+            Owned::Socket => "a socket",
+            Owned::File => "a regular file",
+        };
+        return Err(format!(
+            "refusing to remove {}: it is not {what}",
+            path.display()
+        ));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!(
+            "refusing to remove {}: it belongs to uid {}",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_defaults_to_variant_and_app() {
+        let paths = Paths::new(Path::new("/tmp"), None, "server2", "my app").expect("paths");
+        assert_eq!(paths.prefix(), "rip_server2_my_app");
+        assert_eq!(
+            paths.ctl(),
+            PathBuf::from("/tmp/rip_server2_my_app.ctl.sock")
+        );
+        assert_eq!(
+            paths.worker(3),
+            PathBuf::from("/tmp/rip_server2_my_app.3.sock")
+        );
+        assert_eq!(paths.pid(), PathBuf::from("/tmp/rip_server2_my_app.pid"));
+    }
+
+    #[test]
+    fn long_socket_paths_are_refused() {
+        let dir = PathBuf::from(format!("/tmp/{}", "d".repeat(80)));
+        let err = Paths::new(&dir, None, "server2", "app").unwrap_err();
+        assert!(err.contains("107-byte unix limit"), "{err}");
+    }
+
+    #[test]
+    fn holds_only_direct_children() {
+        let paths = Paths::new(Path::new("/tmp"), Some("p".into()), "v", "a").expect("paths");
+        assert!(paths.holds(Path::new("/tmp/p.1.sock")));
+        assert!(!paths.holds(Path::new("/tmp/sub/p.1.sock")));
+        assert!(!paths.holds(Path::new("/tmp/../etc/p.1.sock")));
+        assert!(!paths.holds(Path::new("/var/p.1.sock")));
+        assert!(!paths.holds(Path::new("p.1.sock")));
+    }
+
+    #[test]
+    fn remove_ours_refuses_what_is_not_ours() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("x.sock");
+        fs::write(&file, "not a socket").expect("write");
+        assert!(remove_ours(&file, Owned::Socket)
+            .unwrap_err()
+            .contains("not a socket"));
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        assert!(remove_ours(&link, Owned::File)
+            .unwrap_err()
+            .contains("symlink"));
+        assert!(file.exists() && link.exists());
+        let sock = dir.path().join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        assert_eq!(remove_ours(&sock, Owned::Socket), Ok(true));
+        assert!(!sock.exists());
+        assert_eq!(remove_ours(&sock, Owned::Socket), Ok(false));
+    }
+}

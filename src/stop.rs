@@ -1,0 +1,132 @@
+//! `rip-server --stop [<app>]` (DESIGN §8), and the check both it and the
+//! front make: is the pid in a pid file really a running rip-server manager
+//! of this user, for this prefix? Processes are never matched by name.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::Config;
+use crate::paths::Paths;
+use crate::{spawn, Failure};
+
+/// How long `--stop` waits for a manager to exit after SIGTERM.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// The pid of the manager running for `paths`, if its pid file names a live
+/// rip-server manager of this user with the same socket dir and prefix.
+pub fn running(paths: &Paths) -> Option<u32> {
+    running_from_pid_file(&paths.pid(), paths.dir(), paths.prefix())
+}
+
+fn running_from_pid_file(pid_file: &Path, dir: &Path, prefix: &str) -> Option<u32> {
+    let text = fs::read_to_string(pid_file).ok()?;
+    let pid: u32 = text.trim().parse().ok()?;
+    is_manager(pid, dir, prefix).then_some(pid)
+}
+
+/// Whether `pid` is a rip-server manager of this user serving `prefix` in `dir`.
+fn is_manager(pid: u32, dir: &Path, prefix: &str) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(meta) = fs::metadata(&proc_dir) else {
+        return false;
+    };
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let want_prefix = format!("--socket-prefix={prefix}");
+    let want_dir = format!("--socket-dir={}", dir.display());
+    args.len() > 2
+        && args[0] == b"rip-server"
+        && args[1] == b"manager"
+        && args.contains(&want_prefix.as_bytes())
+        && args.contains(&want_dir.as_bytes())
+}
+
+/// Stops the server of `target`'s app, or every rip-server of this user
+/// in the socket dir.
+pub fn run(target: StopTarget) -> Result<(), Failure> {
+    let found: Vec<(u32, String)> = match &target {
+        StopTarget::App(config) => running(&config.paths)
+            .map(|pid| (pid, config.paths.prefix().to_string()))
+            .into_iter()
+            .collect(),
+        StopTarget::All(dir) => all_managers(dir),
+    };
+    if found.is_empty() {
+        let which = match &target {
+            StopTarget::App(config) => format!("for {}", config.app.name),
+            StopTarget::All(dir) => format!("in {}", dir.display()),
+        };
+        println!("rip-server: no running server {which}");
+        return Ok(());
+    }
+    for (pid, _) in &found {
+        spawn::signal(*pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    let mut failed = Vec::new();
+    for (pid, prefix) in &found {
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            if is_zombie(*pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(*pid) {
+            failed.push(format!("{prefix} (pid {pid})"));
+        } else {
+            println!("rip-server: stopped {prefix} (pid {pid})");
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::fatal(format!(
+            "still running after {}s: {}",
+            STOP_WAIT.as_secs(),
+            failed.join(", ")
+        )))
+    }
+}
+
+/// What `--stop` stops.
+#[derive(Debug)]
+pub enum StopTarget {
+    App(Box<Config>),
+    All(PathBuf),
+}
+
+fn all_managers(dir: &Path) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u32, String)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let prefix = name.strip_prefix("rip_").and(name.strip_suffix(".pid"))?;
+            let pid = running_from_pid_file(&e.path(), dir, prefix)?;
+            Some((pid, prefix.to_string()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|s| s == "Z")
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,467 @@
+//! The server end to end (DESIGN §3, §5): processes, the load balancer's
+//! routes, queueing, timeouts, retries, header and body handling, the
+//! access log, and the graceful stop. Built-in apps need no runtime; the
+//! probe app (`tests/apps/probe`) is a threaded Python server that would
+//! notice if it were ever sent two requests at once.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::*;
+
+fn probe() -> String {
+    support::repo()
+        .join("tests/apps/probe")
+        .display()
+        .to_string()
+}
+
+/// Starts `path` on a client thread of its own.
+fn get_async(port: u16, path: &str) -> thread::JoinHandle<Response> {
+    let path = path.to_string();
+    thread::spawn(move || try_request(port, "GET", &path, &[], b"").expect("request"))
+}
+
+/// The worker id of the worker process that is the parent of `app_pid`.
+fn worker_of(app_pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{app_pid}/stat")).unwrap();
+    let ppid: u32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let argv = cmdline(ppid);
+    assert_eq!(argv.get(1).map(String::as_str), Some("worker"), "{argv:?}");
+    argv[2].parse().unwrap()
+}
+
+#[test]
+fn roles_show_in_ps_and_the_worker_is_not_on_the_data_path() {
+    let server = Server::start(&[&probe(), "w:2"]);
+    server.wait_workers(2);
+    let children = server.children();
+    let roles: Vec<String> = children
+        .iter()
+        .map(|(_, argv)| argv[..2].join(" "))
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|r| *r == "rip-server lb").count(),
+        1,
+        "{roles:?}"
+    );
+    assert_eq!(
+        roles.iter().filter(|r| *r == "rip-server worker").count(),
+        2,
+        "{roles:?}"
+    );
+    assert_eq!(cmdline(server.pid())[..2], ["rip-server", "manager"]);
+    // Freeze every worker process: requests still flow LB → app directly.
+    let workers: Vec<u32> = children
+        .iter()
+        .filter(|(_, argv)| argv[1] == "worker")
+        .map(|(pid, _)| *pid)
+        .collect();
+    for &pid in &workers {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    }
+    let results: Vec<u16> = (0..5).map(|_| server.get("/pid").status).collect();
+    for &pid in &workers {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGCONT).unwrap();
+    }
+    assert_eq!(results, vec![200; 5]);
+}
+
+#[test]
+fn server_and_status_routes() {
+    let server = Server::start(&["builtin:hello", "w:2"]);
+    let status = server.wait_workers(2);
+    assert_eq!(status["app"], "hello");
+    assert_eq!(status["ports"]["http"], server.port);
+    assert!(status["uptime"].is_u64());
+    let ok = server.get("/server");
+    assert_eq!((ok.status, ok.text().as_str()), (200, "ok"));
+    assert_eq!(ok.header("content-type"), Some("text/plain"));
+    // The app's own routes pass through.
+    assert_eq!(server.get("/ping").text(), "pong");
+    assert_eq!(server.get("/nowhere").status, 404);
+}
+
+#[test]
+fn hop_by_hop_and_internal_headers_stop_at_the_lb() {
+    let server = Server::start(&[&probe(), "w:1"]);
+    server.wait_workers(1);
+    let seen = server.request(
+        "GET",
+        "/headers",
+        &[
+            ("Connection", "X-Drop"),
+            ("X-Drop", "1"),
+            ("Keep-Alive", "timeout=1"),
+            ("Rip-Worker-Busy", "1"),
+            ("X-Kept", "yes"),
+        ],
+        b"",
+    );
+    let pairs: Vec<(String, String)> = serde_json::from_slice(&seen.body).unwrap();
+    let names: Vec<String> = pairs.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+    for gone in ["x-drop", "keep-alive", "connection", "rip-worker-busy"] {
+        assert!(
+            !names.contains(&gone.to_string()),
+            "{gone} reached the app: {names:?}"
+        );
+    }
+    assert!(names.contains(&"x-kept".to_string()));
+    assert!(pairs
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("x-forwarded-for") && v == "127.0.0.1"));
+    assert!(pairs
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("host") && v == "localhost"));
+
+    let weird = server.get("/weird");
+    assert_eq!(weird.status, 200);
+    assert_eq!(weird.all("date").len(), 1, "{:?}", weird.headers);
+    assert!(!weird.header("date").unwrap().contains("2001"));
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "rip-worker-id",
+        "rip-worker-other",
+    ] {
+        assert!(
+            weird.header(gone).is_none(),
+            "{gone} reached the client: {:?}",
+            weird.headers
+        );
+    }
+    assert_eq!(weird.header("x-app"), Some("kept"));
+}
+
+#[test]
+fn bodies_stream_through_byte_exact() {
+    let server = Server::start(&["builtin:hello", "w:2"]);
+    server.wait_workers(2);
+    let body: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let echoed = server.request("POST", "/echo", &[], &body);
+    assert_eq!(echoed.status, 200);
+    assert!(echoed.body == body, "echo (content-length) differs");
+    let echoed = server.request("POST", "/echo", &[("Transfer-Encoding", "chunked")], &body);
+    assert!(echoed.body == body, "echo (chunked) differs");
+    let big = server.get("/big?n=5000001");
+    assert_eq!(big.body.len(), 5_000_001);
+    // Empty bodies and HEAD.
+    assert_eq!(server.request("POST", "/echo", &[], b"").body.len(), 0);
+    assert_eq!(server.request("HEAD", "/ping", &[], b"").status, 200);
+
+    let probe = Server::start(&[&probe(), "w:1"]);
+    probe.wait_workers(1);
+    let echoed = probe.request(
+        "POST",
+        "/echo",
+        &[("Transfer-Encoding", "chunked")],
+        &body[..1_000_000],
+    );
+    assert!(
+        echoed.body == body[..1_000_000],
+        "chunked echo through a command app differs"
+    );
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let server = Server::start(&["builtin:hello", "w:1", "--max-queue=1"]);
+    server.wait_workers(1);
+    let first = get_async(server.port, "/sleep?ms=1500");
+    eventually("the first request in flight", || {
+        (server.status()?["busy"] == 1).then_some(())
+    });
+    let second = get_async(server.port, "/sleep?ms=10");
+    eventually("the second request queued", || {
+        (server.status()?["queued"] == 1).then_some(())
+    });
+    let third = server.get("/ping");
+    assert_eq!(third.status, 503);
+    assert_eq!(third.text(), "Server busy");
+    assert_eq!(third.header("retry-after"), Some("1"));
+    assert_eq!(first.join().unwrap().status, 200);
+    assert_eq!(second.join().unwrap().status, 200);
+}
+
+#[test]
+fn the_queue_times_out_at_its_deadline() {
+    let server = Server::start(&["builtin:hello", "w:1", "--queue-timeout-ms=300"]);
+    server.wait_workers(1);
+    let first = get_async(server.port, "/sleep?ms=3000");
+    eventually("the first request in flight", || {
+        (server.status()?["busy"] == 1).then_some(())
+    });
+    let started = Instant::now();
+    let waited = server.get("/ping");
+    let elapsed = started.elapsed();
+    assert_eq!(
+        (waited.status, waited.text().as_str()),
+        (504, "Queue timeout")
+    );
+    // Answered at the deadline, not when the worker freed up (3 s).
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_millis(2500),
+        "{elapsed:?}"
+    );
+    assert_eq!(first.join().unwrap().status, 200);
+}
+
+#[test]
+fn a_slow_app_gets_504_and_is_replaced() {
+    let server = Server::start(&["builtin:hello", "w:1", "--read-timeout-ms=300"]);
+    server.wait_workers(1);
+    let started = Instant::now();
+    let slow = server.get("/sleep?ms=5000");
+    assert_eq!(
+        (slow.status, slow.text().as_str()),
+        (504, "Upstream timeout")
+    );
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    // Its app may still be busy: it gets nothing more, and a replacement joins.
+    server.wait_output("worker 1 ready");
+    assert_eq!(server.get("/ping").status, 200);
+}
+
+#[test]
+fn a_worker_lost_mid_request_is_a_502() {
+    let server = Server::start(&[&probe(), "w:2"]);
+    server.wait_workers(2);
+    let lost = server.get("/die");
+    assert_eq!(lost.status, 502);
+    // Lost after the head: the client sees the response cut short.
+    if let Ok(r) = try_request(server.port, "GET", "/half", &[], b"") {
+        assert!(
+            r.status != 200 || r.body.len() < 100,
+            "a cut-off body looked whole"
+        );
+    }
+    // The other worker serves meanwhile; the lost ones come back.
+    assert_eq!(server.get("/pid").status, 200);
+    server.wait_workers(2);
+}
+
+#[test]
+fn a_busy_worker_is_skipped() {
+    let server = Server::start(&["builtin:hello", "w:2"]);
+    server.wait_workers(2);
+    let prefix = server.prefix();
+    for id in [0, 1] {
+        // Someone else occupies this worker's app directly.
+        let socket = server.dir.path().join(format!("{prefix}.{id}.sock"));
+        let hog = thread::spawn(move || unix_request(&socket, "GET", "/sleep?ms=1500"));
+        thread::sleep(Duration::from_millis(100)); // let the hog's request reach the app
+        for _ in 0..4 {
+            let r = server.get("/ping");
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "pong"),
+                "with worker {id} busy"
+            );
+        }
+        assert_eq!(hog.join().unwrap().unwrap().status, 200);
+    }
+    // Both busy: the LB answers 503, it does not hang or fail hard.
+    let hogs: Vec<_> = [0, 1]
+        .iter()
+        .map(|id| {
+            let socket = server.dir.path().join(format!("{prefix}.{id}.sock"));
+            thread::spawn(move || unix_request(&socket, "GET", "/sleep?ms=1000"))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(100));
+    let r = server.get("/ping");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("rip-worker-busy"), None);
+    for hog in hogs {
+        hog.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn an_unreachable_worker_is_skipped_and_replaced() {
+    let server = Server::start(&["builtin:hello", "w:2"]);
+    server.wait_workers(2);
+    std::fs::remove_file(server.socket("0.sock")).unwrap();
+    let requests: Vec<_> = (0..2)
+        .map(|_| get_async(server.port, "/sleep?ms=200"))
+        .collect();
+    for r in requests {
+        assert_eq!(r.join().unwrap().status, 200);
+    }
+    server.wait_output("worker 2 ready");
+    server.wait_workers(2);
+}
+
+#[test]
+fn an_app_never_holds_two_requests() {
+    let server = Server::start(&[&probe(), "w:2"]);
+    server.wait_workers(2);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let port = server.port;
+            thread::spawn(move || {
+                let mut client = Client::connect(port).unwrap();
+                (0..5)
+                    .map(|_| client.send("GET", "/slow?ms=20", &[], b"").unwrap().status)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), vec![200; 5]);
+    }
+    // A client that leaves mid-request: its app is still busy, so it must
+    // get nothing more until it has been replaced.
+    let mut leaver = Client::connect(server.port).unwrap();
+    leaver
+        .write_raw(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    eventually("the request in flight", || {
+        (server.status()?["busy"] == 1).then_some(())
+    });
+    leaver.close();
+    for _ in 0..10 {
+        assert_eq!(server.get("/slow?ms=30").status, 200);
+    }
+    server.wait_output("worker 2 ready");
+    assert!(
+        !server.output().contains("CONCURRENT"),
+        "{}",
+        server.output()
+    );
+    let prefix = server.prefix();
+    for id in [0, 1, 2] {
+        let socket = server.dir.path().join(format!("{prefix}.{id}.sock"));
+        if let Ok(max) = unix_request(&socket, "GET", "/max") {
+            assert_eq!(
+                max.text(),
+                "1",
+                "app of worker {id} held two requests at once"
+            );
+        }
+    }
+}
+
+#[test]
+fn access_log_lines_human_json_and_off() {
+    let human = Server::start(&["builtin:hello", "w:1"]);
+    human.wait_workers(1);
+    human.get("/ping");
+    let out = human.wait_output("GET /ping");
+    let line = out.lines().find(|l| l.contains("GET /ping")).unwrap();
+    // [2026-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B
+    assert!(line.starts_with('[') && line.contains(" +0000 "), "{line}");
+    assert!(line.ends_with("] GET /ping → 200 plain 4B"), "{line}");
+
+    let json = Server::start(&["builtin:hello", "w:1", "--json-logging"]);
+    json.wait_workers(1);
+    json.get("/ping");
+    let out = json.wait_output("\"path\":\"/ping\"");
+    let line = out
+        .lines()
+        .find(|l| l.contains("\"path\":\"/ping\""))
+        .unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["app"], "hello");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["type"], "text/plain");
+    assert_eq!(entry["length"], 4);
+    assert!(entry["t"].as_str().unwrap().ends_with('Z'));
+    assert!(entry["totalSeconds"].as_f64().unwrap() >= entry["workerSeconds"].as_f64().unwrap());
+
+    let mut quiet = Server::start(&["builtin:hello", "w:1", "--no-access-log"]);
+    quiet.wait_workers(1);
+    quiet.get("/ping");
+    assert!(quiet.stop().success());
+    assert!(
+        !quiet.stdout.text().contains("/ping"),
+        "{}",
+        quiet.stdout.text()
+    );
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_and_leaves_nothing_behind() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut server = Server::start(&["builtin:hello", "w:2"]);
+        server.wait_workers(2);
+        let pids = server.descendants();
+        assert_eq!(pids.len(), 3, "lb + 2 workers");
+        let in_flight = get_async(server.port, "/sleep?ms=1000");
+        eventually("the request in flight", || {
+            (server.status()?["busy"] == 1).then_some(())
+        });
+        let status = server.stop_with(signal);
+        assert!(status.success(), "{signal:?}: {status}");
+        let r = in_flight.join().unwrap();
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "slept 1000 ms\n"),
+            "{signal:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(server.dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{signal:?} left {left:?}");
+        for pid in pids {
+            assert!(!alive(pid), "{signal:?}: process {pid} outlived the server");
+        }
+    }
+}
+
+#[test]
+fn a_stale_socket_from_a_crashed_run_is_cleared() {
+    let dir = socket_dir();
+    let stale = dir.path().join("rip_server2_hello.0.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let server = Server::start_with(
+        &["builtin:hello", "w:1"],
+        Start {
+            dir: Some(dir),
+            ..Start::default()
+        },
+    );
+    server.wait_workers(1);
+    assert_eq!(server.get("/ping").status, 200);
+}
+
+#[test]
+fn sockets_and_pid_file_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start(&["builtin:hello", "w:1"]);
+    server.wait_workers(1);
+    for suffix in ["ctl.sock", "0.sock", "pid"] {
+        let mode = std::fs::metadata(server.socket(suffix))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{suffix} has mode {mode:o}");
+    }
+}
+
+#[test]
+fn worker_ids_are_never_reused() {
+    let server = Server::start(&[&probe(), "w:1"]);
+    server.wait_workers(1);
+    let first = worker_of(server.get("/pid").text().parse().unwrap());
+    assert_eq!(first, 0);
+    assert_eq!(server.get("/die").status, 502);
+    server.wait_workers(1);
+    let second = worker_of(server.get("/pid").text().parse().unwrap());
+    assert_eq!(second, 1);
+}
