@@ -416,12 +416,22 @@ impl Stream for UnixStream {
 
 /// One request on a fresh connection to the unix socket at `path`.
 pub fn unix_request(path: &Path, method: &str, target: &str) -> std::io::Result<Response> {
+    unix_send(path, method, target, b"")
+}
+
+/// One request with a body on a fresh connection to the unix socket at `path`.
+pub fn unix_send(
+    path: &Path,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> std::io::Result<Response> {
     let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut client = Client {
         reader: BufReader::new(Box::new(stream)),
     };
-    client.send(method, target, &[], b"")
+    client.send(method, target, &[], body)
 }
 
 /// A kept-alive HTTP/1.1 client connection.
