@@ -206,3 +206,21 @@ fn the_start_line_names_the_real_port_and_worker_count() {
     assert_ne!(server.port, 0);
     assert_eq!(server.get("/server").text(), "ok");
 }
+
+#[test]
+fn stop_stops_a_running_server_and_says_so() {
+    let mut server = Server::start(&["builtin:hello", "w:1"]);
+    server.wait_workers(1);
+    let dir = format!("--socket-dir={}", server.dir.path().display());
+    let out = run(&["--stop", "builtin:hello", &dir], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("stopped rip_server2_hello (pid {})", server.pid())),
+        "{stdout}"
+    );
+    assert!(server.stop().success());
+    let out = run(&["--stop", &dir], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no running server"));
+}

@@ -58,6 +58,11 @@ async fn serve(config: Config, id: WorkerId, version: u64) -> Result<(), Failure
         error!("{why}");
         return finish(app, &config, &socket, Err(Failure::Silent(1))).await;
     }
+    // Worker sockets are private (DESIGN §4), whatever the app's umask made.
+    if let Err(why) = make_private(&socket) {
+        error!("{why}");
+        return finish(app, &config, &socket, Err(Failure::Silent(1))).await;
+    }
 
     let join = Message::Join {
         worker_id: id,
@@ -87,6 +92,24 @@ async fn serve(config: Config, id: WorkerId, version: u64) -> Result<(), Failure
     };
     quit(&config, id).await;
     finish(app, &config, &socket, outcome).await
+}
+
+/// Sets the app's socket to mode 0600, if it is a socket of ours.
+fn make_private(socket: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(socket)
+        .map_err(|e| format!("app socket {}: {e}", socket.display()))?;
+    if !meta.file_type().is_socket() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!(
+            "{} is not a socket of this user; refusing to join it",
+            socket.display()
+        ));
+    }
+    if meta.permissions().mode() & 0o777 != 0o600 {
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot restrict {}: {e}", socket.display()))?;
+    }
+    Ok(())
 }
 
 /// Joins the LB, retrying while it starts up, until `deadline`.

@@ -1,0 +1,228 @@
+//! Apps (DESIGN §6): module apps under Node and Bun through the loader, a
+//! command app in Python, what the loader answers on a worker socket, and
+//! app output marked with the worker id.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::path::Path;
+use std::thread;
+
+use support::*;
+
+fn exercise_hello(server: &Server) {
+    assert_eq!(server.get("/ping").text(), "pong");
+    assert_eq!(server.get("/").text(), "Hello from rip-server\n");
+    assert_eq!(server.get("/slow?ms=20").text(), "slept 20 ms\n");
+    assert_eq!(server.get("/missing").status, 404);
+    let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let echoed = server.request("POST", "/echo", &[], &body);
+    assert_eq!(echoed.status, 200);
+    assert!(echoed.body == body, "echo differs");
+    let echoed = server.request("POST", "/echo", &[("Transfer-Encoding", "chunked")], &body);
+    assert!(echoed.body == body, "chunked echo differs");
+}
+
+#[test]
+fn the_example_module_app_runs_under_node() {
+    runtime("node");
+    // An ES module index.js with no package.json saying "type": "module".
+    assert!(!repo().join("examples/hello/package.json").exists());
+    let mut server = Server::start(&[&example("hello"), "w:2", "--runtime=node"]);
+    server.wait_workers(2);
+    assert!(server.stdout.text().contains("index.js under node"));
+    exercise_hello(&server);
+    let pids = server.descendants();
+    assert_eq!(pids.len(), 5, "lb + 2 workers + 2 apps");
+    assert!(server.stop().success());
+    for pid in pids {
+        assert!(
+            !alive(pid),
+            "process {pid} ({:?}) outlived the server",
+            cmdline(pid)
+        );
+    }
+}
+
+#[test]
+fn the_example_module_app_runs_under_bun() {
+    runtime("bun");
+    let server = Server::start(&[&example("hello"), "w:2", "--runtime=bun"]);
+    server.wait_workers(2);
+    assert!(server.stdout.text().contains("index.js under bun"));
+    exercise_hello(&server);
+}
+
+#[test]
+fn the_example_command_app_runs() {
+    let server = Server::start(&[&example("python"), "w:2"]);
+    server.wait_workers(2);
+    assert!(server
+        .get("/")
+        .text()
+        .starts_with("Hello from Python worker"));
+    assert_eq!(server.get("/ping").text(), "pong");
+    let body = vec![b'z'; 300_000];
+    assert!(server.request("POST", "/echo", &[], &body).body == body);
+}
+
+#[test]
+fn typescript_and_default_function_exports_run() {
+    runtime("bun");
+    let dir = socket_dir();
+    write_app(
+        dir.path(),
+        "index.ts",
+        "export default function (req: Request): Response {\n  return new Response(`ts:${new URL(req.url).pathname}:${process.env.RIP_WORKER_ID}`);\n}\n",
+        false,
+    );
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:1"]);
+    server.wait_workers(1);
+    assert_eq!(server.get("/x").text(), "ts:/x:0");
+
+    runtime("node");
+    let dir = socket_dir();
+    write_app(
+        dir.path(),
+        "app.mjs",
+        "export default function (req) { return new Response('fn ' + req.method); }\n",
+        false,
+    );
+    let entry = dir.path().join("app.mjs");
+    let server = Server::start(&[entry.to_str().unwrap(), "w:1", "--runtime=node"]);
+    server.wait_workers(1);
+    assert_eq!(server.request("DELETE", "/", &[], b"").text(), "fn DELETE");
+}
+
+/// A module app that reports its working directory and logs on start.
+fn chatty_app(dir: &Path) {
+    write_app(
+        dir,
+        "index.js",
+        "console.log('hello from the app');\nconsole.error('warning from the app');\nexport default { fetch() { return new Response(process.cwd()); } };\n",
+        false,
+    );
+}
+
+#[test]
+fn apps_run_in_their_directory_with_output_marked() {
+    for runtime_name in ["node", "bun"] {
+        runtime(runtime_name);
+        let dir = socket_dir();
+        chatty_app(dir.path());
+        let server = Server::start(&[
+            dir.path().to_str().unwrap(),
+            "w:1",
+            &format!("--runtime={runtime_name}"),
+        ]);
+        server.wait_workers(1);
+        let cwd = server.get("/").text();
+        assert_eq!(
+            Path::new(&cwd),
+            dir.path().canonicalize().unwrap(),
+            "{runtime_name}"
+        );
+        eventually("marked stdout", || {
+            server
+                .stdout
+                .text()
+                .contains("[worker 0] hello from the app")
+                .then_some(())
+        });
+        eventually("marked stderr", || {
+            server
+                .stderr
+                .text()
+                .contains("[worker 0] warning from the app")
+                .then_some(())
+        });
+    }
+}
+
+#[test]
+fn an_app_that_fails_to_load_shows_its_error_and_degrades_status() {
+    runtime("node");
+    let dir = socket_dir();
+    write_app(
+        dir.path(),
+        "index.mjs",
+        "throw new Error('boom at import');\n",
+        false,
+    );
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:2", "--runtime=node"]);
+    server.wait_output("boom at import");
+    let status = server.status().unwrap();
+    assert_eq!(status["status"], "degraded");
+    assert_eq!(status["workers"], 0);
+    assert_eq!(status["missing"], 2);
+    // With no worker the request waits out the queue timeout.
+    let r = server.request("GET", "/", &[], b"");
+    assert_eq!(r.status, 504);
+}
+
+/// What the loader answers on a worker socket itself.
+fn loader_contract(runtime_name: &str) {
+    runtime(runtime_name);
+    let server = Server::start(&[
+        &example("hello"),
+        "w:1",
+        &format!("--runtime={runtime_name}"),
+    ]);
+    server.wait_workers(1);
+    let socket = server.socket("0.sock");
+    let ready = unix_request(&socket, "GET", "/ready").unwrap();
+    assert_eq!(
+        (ready.status, ready.text().as_str()),
+        (200, "ok"),
+        "{runtime_name}"
+    );
+    let slow = {
+        let socket = socket.clone();
+        thread::spawn(move || unix_request(&socket, "GET", "/slow?ms=800").unwrap())
+    };
+    let busy = eventually("a busy answer", || {
+        let r = unix_request(&socket, "GET", "/ping").ok()?;
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(busy.text(), "busy");
+    assert_eq!(busy.header("rip-worker-busy"), Some("1"));
+    assert_eq!(busy.header("retry-after"), Some("0"));
+    assert_eq!(busy.header("rip-worker-id"), Some("0"));
+    assert_eq!(slow.join().unwrap().status, 200);
+    // Through the LB a client never sees any of it.
+    let through = server.get("/ping");
+    assert_eq!(through.status, 200);
+    assert!(through.header("rip-worker-id").is_none());
+}
+
+#[test]
+fn the_loader_answers_ready_and_busy_under_node() {
+    loader_contract("node");
+}
+
+#[test]
+fn the_loader_answers_ready_and_busy_under_bun() {
+    loader_contract("bun");
+}
+
+#[test]
+fn a_command_app_socket_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = socket_dir();
+    // Binds with the default umask and never chmods its socket.
+    write_app(
+        dir.path(),
+        "app",
+        "#!/usr/bin/env python3\nimport os, socketserver, http.server\nos.umask(0o022)\nclass H(http.server.BaseHTTPRequestHandler):\n    protocol_version = 'HTTP/1.1'\n    def address_string(self): return 'unix'\n    def do_GET(self):\n        self.send_response(200); self.send_header('Content-Length', '2'); self.end_headers(); self.wfile.write(b'ok')\nsocketserver.UnixStreamServer(os.environ['RIP_SOCKET'], H).serve_forever()\n",
+        true,
+    );
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:1"]);
+    server.wait_workers(1);
+    assert_eq!(server.get("/").text(), "ok");
+    let mode = std::fs::metadata(server.socket("0.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+}
