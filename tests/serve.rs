@@ -465,3 +465,72 @@ fn worker_ids_are_never_reused() {
     let second = worker_of(server.get("/pid").text().parse().unwrap());
     assert_eq!(second, 1);
 }
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn large_bodies_stream_through_in_bounded_memory() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["builtin:hello", "w:1", "--no-access-log"]);
+    server.wait_workers(1);
+    const TOTAL: u64 = 256 * 1024 * 1024;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        write!(
+            writer,
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {TOTAL}\r\n\r\n"
+        )
+        .unwrap();
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 256) as u8).collect();
+        let mut sent = 0;
+        while sent < TOTAL {
+            writer.write_all(&chunk).unwrap();
+            sent += chunk.len() as u64;
+        }
+    });
+    // Read the head, then count and check the echoed bytes as they come.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut buf = vec![0u8; 1 << 16];
+    let mut received: u64 = 0;
+    while received < TOTAL {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed after {received} bytes");
+        for (i, b) in buf[..n].iter().enumerate() {
+            let at = received + i as u64;
+            assert_eq!(
+                *b,
+                ((at % 65536) as u32 * 7 % 256) as u8,
+                "byte {at} differs"
+            );
+        }
+        received += n as u64;
+    }
+    sender.join().unwrap();
+    // Neither the LB nor the worker held the body.
+    for (pid, argv) in server.children() {
+        let peak = peak_rss_kib(pid);
+        assert!(
+            peak < 64 * 1024,
+            "{argv:?} peaked at {peak} KiB for a {TOTAL}-byte body"
+        );
+    }
+}
