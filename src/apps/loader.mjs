@@ -71,10 +71,12 @@ function handlerOf(mod) {
     d === undefined ? "no default export"
     : d !== null && typeof d === "object" ? "a default export object without a fetch() method"
     : `a default export of type ${d === null ? "null" : typeof d}`;
-  throw Object.assign(new TypeError(
+  const err = new TypeError(
     `${entry} has ${what}; expected \`export default { fetch(req) { ... } }\` ` +
       "or `export default function (req) { ... }` returning a Response",
-  ), { badExport: true });
+  );
+  err.badExport = true;
+  throw err;
 }
 
 // A bad default export is reported by its message alone (its stack is ours).
@@ -198,14 +200,28 @@ async function startBun() {
     return new Response(ERROR_BODY, { status: 500, headers });
   };
 
+  // Handlers still running. Bun forgets a request whose client went away
+  // (pendingRequests drops) while its handler may still be running; this
+  // keeps such a request "in flight" until the handler is done.
+  let running = 0;
+  const settled = (r) => {
+    running--;
+    return finish(r);
+  };
+  const failed = (err) => {
+    running--;
+    return onError(err);
+  };
   const callHandler = (req, server) => {
+    running++;
+    let r;
     try {
-      const r = invoke(req, server);
-      if (r !== null && typeof r === "object" && typeof r.then === "function") return r.then(finish, onError);
-      return finish(r);
+      r = invoke(req, server);
     } catch (err) {
-      return onError(err);
+      return failed(err);
     }
+    if (r !== null && typeof r === "object" && typeof r.then === "function") return r.then(settled, failed);
+    return settled(r);
   };
 
   const fetch = (req, server) => {
@@ -220,13 +236,19 @@ async function startBun() {
     }
     // pendingRequests counts this request too, and stays up while a response
     // body is still streaming out.
-    if (server.pendingRequests > 1) {
+    if (running > 0 || server.pendingRequests > 1) {
       return new Response(BUSY_BODY, { status: 503, headers: busyHeaders() });
     }
     if (!invoke) return new Response(NOT_READY_BODY, { status: 503, headers: { "content-type": "text/plain" } });
     if (hotModule) {
       const p = maybeReload();
-      if (p !== null) return p.then(() => callHandler(req, server));
+      if (p !== null) {
+        running++;
+        return p.then(() => {
+          running--;
+          return callHandler(req, server);
+        });
+      }
     }
     return callHandler(req, server);
   };
@@ -254,7 +276,7 @@ async function startBun() {
     stopping = true;
     const deadline = Date.now() + 30_000;
     server.stop(false); // stop accepting; in-flight requests go on
-    while (server.pendingRequests > 0 && Date.now() < deadline) await Bun.sleep(5);
+    while ((running > 0 || server.pendingRequests > 0) && Date.now() < deadline) await Bun.sleep(5);
     server.stop(true); // drop the idle kept-alive connection
     process.exit(0);
   };
@@ -269,13 +291,18 @@ async function startBun() {
 
 async function startNode() {
   const http = await import("node:http");
-  const { Readable } = await import("node:stream");
 
   let inflight = false;
   let inflightSocket = null;
   const queued = []; // [req, res, ...] pipelined on the in-flight connection
   const noop = () => {};
   const bodyStrategy = { highWaterMark: 64 * 1024, size: (chunk) => chunk.byteLength };
+  const onBodyData = function (chunk) {
+    const c = this[kBody];
+    c.enqueue(chunk);
+    if (c.desiredSize <= 0) this.pause();
+  };
+  const kBody = Symbol("rip.body");
   const nextTick = () => new Promise((resolve) => setImmediate(resolve, NOT_DONE));
   const NOT_DONE = Symbol("pending");
 
@@ -322,6 +349,7 @@ async function startNode() {
     inflightSocket = req.socket;
     serve(req, res).then(done, done);
     function done(err) {
+      discardBody(req);
       inflight = false;
       inflightSocket = null;
       if (err) {
@@ -335,6 +363,44 @@ async function startNode() {
       }
       if (stopping) afterInFlight(req, res);
     }
+  }
+
+  // The request body as a byte-counted, backpressured web stream. (Node 20's
+  // Readable.toWeb() counts chunks, not bytes, so it may buffer ~16k chunks.)
+  function bodyOf(req) {
+    let open = true;
+    return new ReadableStream(
+      {
+        start(c) {
+          req[kBody] = c;
+          req.on("data", onBodyData);
+          req.once("end", () => {
+            if (open) (open = false), c.close();
+          });
+          const aborted = (err) => {
+            if (open) (open = false), c.error(err || new Error("request body aborted by the client"));
+          };
+          req.once("error", aborted);
+          req.once("close", () => aborted());
+        },
+        pull() {
+          req.resume();
+        },
+        cancel() {
+          open = false;
+          discardBody(req);
+        },
+      },
+      bodyStrategy,
+    );
+  }
+
+  // Throw away what is left of a request body nobody reads, so the kept-alive
+  // connection stays usable.
+  function discardBody(req) {
+    if (req.complete || req.destroyed) return;
+    req.off("data", onBodyData);
+    req.resume();
   }
 
   function toRequest(req) {
@@ -352,7 +418,7 @@ async function startNode() {
     if (method !== "GET" && method !== "HEAD") {
       const cl = req.headers["content-length"];
       if ((cl !== undefined && cl !== "0") || req.headers["transfer-encoding"] !== undefined) {
-        init.body = Readable.toWeb(req, { strategy: bodyStrategy });
+        init.body = bodyOf(req);
         init.duplex = "half";
       }
     }
@@ -419,6 +485,14 @@ async function startNode() {
       return;
     }
 
+    const fixed = fixedBody(response);
+    if (fixed !== null) {
+      if (!hasLength) headers.push("content-length", String(fixed.length));
+      res.writeHead(status, statusText, headers);
+      res.end(fixed.source);
+      return;
+    }
+
     const reader = body.getReader();
     let headSent = false;
     try {
@@ -465,11 +539,30 @@ async function startNode() {
         res.off("close", onClose);
       }
     } catch (err) {
-      logHandlerError(err);
+      // A body that failed because the client went away is not worth a report.
+      if (!res.destroyed && !req.socket.destroyed) logHandlerError(err);
       reader.cancel().catch(noop);
       if (!headSent && !res.destroyed) plain(res, 500, ERROR_BODY);
       else res.destroy();
     }
+  }
+
+  // Fast path for the common case: a Response built from a string or bytes
+  // keeps them in undici's internal state; send them as they are, with a
+  // Content-Length, instead of pumping them through the body stream. Anything
+  // unexpected (another undici, a consumed body) takes the stream path.
+  let kState; // undici's private `state` symbol, found on the first Response
+  function fixedBody(response) {
+    if (!(response instanceof Response) || response.bodyUsed) return null;
+    if (kState === undefined) {
+      kState = Object.getOwnPropertySymbols(response).find((s) => s.description === "state") ?? null;
+    }
+    if (kState === null) return null;
+    const b = response[kState]?.body;
+    if (!b || typeof b.length !== "number" || !b.stream || b.stream.locked) return null;
+    const src = b.source;
+    if (typeof src === "string" || src instanceof Uint8Array) return b;
+    return null;
   }
 
   function drained(res) {
@@ -493,10 +586,6 @@ async function startNode() {
   }
 
   server.on("request", onRequest);
-  server.on("clientError", (err, sock) => {
-    if (err.code === "ECONNRESET" || !sock.writable) return sock.destroy();
-    sock.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-  });
 
   await new Promise((resolve) => {
     server.once("error", (err) => fail(`cannot listen on ${socketPath}`, err));
