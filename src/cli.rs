@@ -47,6 +47,15 @@ pub struct Options {
     #[arg(long, env = "RIP_BIND", value_name = "ADDR", default_value = "0.0.0.0")]
     pub bind: IpAddr,
 
+    /// Up to N more requests per worker before it is recycled, drawn at random, so workers started together do not recycle together
+    #[arg(
+        long,
+        env = "RIP_MAX_REQUESTS_JITTER",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub max_requests_jitter: u64,
+
     /// Module reloads a worker takes before it is recycled
     #[arg(long, env = "RIP_MAX_RELOADS", value_name = "N", default_value_t = 10)]
     pub max_reloads: u32,
@@ -372,6 +381,7 @@ mod tests {
             "r:5",
             "--json",
             "--no-access-log",
+            "--max-requests-jitter=3",
             "--hot-reload=process",
             "--queue-timeout-ms=123",
             "--socket-dir=/tmp",

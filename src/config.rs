@@ -47,6 +47,8 @@ pub struct Config {
     pub workers: usize,
     /// Requests a worker serves before it is recycled; 0 = never.
     pub max_requests: u64,
+    /// Up to this many more requests per worker, drawn at random.
+    pub max_requests_jitter: u64,
     pub max_reloads: u32,
     pub hot_reload: HotReload,
     pub max_queue: usize,
@@ -165,6 +167,7 @@ impl Config {
             port,
             workers: tokens.workers.unwrap_or_else(cpu_count),
             max_requests: tokens.max_requests.unwrap_or(DEFAULT_MAX_REQUESTS),
+            max_requests_jitter: options.max_requests_jitter,
             max_reloads: options.max_reloads,
             hot_reload,
             max_queue: options.max_queue,
@@ -188,6 +191,7 @@ impl Config {
             format!("http:{}", self.port),
             format!("w:{}", self.workers),
             format!("r:{}", self.max_requests),
+            format!("--max-requests-jitter={}", self.max_requests_jitter),
             format!("--bind={}", self.bind),
             format!("--max-reloads={}", self.max_reloads),
             format!("--hot-reload={}", self.hot_reload.as_str()),

@@ -167,6 +167,7 @@ fn help_documents_every_token_and_flag() {
         "--shutdown-timeout-ms",
         "--boot-timeout-ms",
         "--runtime",
+        "--max-requests-jitter",
         "RIP_MAX_QUEUE",
         "PORT",
     ] {

@@ -17,7 +17,7 @@ use super::pool::{Checkout, Enqueue, Outcome, Pool, Stats, WorkerId};
 use super::upstream::{Conn, Outgoing};
 use crate::link::LinkMsg;
 
-type Waiter<C> = oneshot::Sender<Checkout<C>>;
+pub type Waiter<C> = oneshot::Sender<Checkout<C>>;
 
 /// Why a request got no worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +40,12 @@ pub type Balancer = Scheduler<Conn<Outgoing>>;
 
 impl<C> Scheduler<C> {
     pub fn new(
-        max_queue: usize,
-        max_requests: u64,
+        pool: Pool<C, Waiter<C>>,
         queue_timeout: Duration,
         manager: mpsc::UnboundedSender<LinkMsg>,
     ) -> Self {
         Scheduler {
-            pool: Mutex::new(Pool::new(max_queue, max_requests)),
+            pool: Mutex::new(pool),
             queue_timeout,
             manager,
         }
@@ -218,8 +217,7 @@ mod tests {
     fn scheduler(max_queue: usize) -> (Arc<Scheduler<()>>, mpsc::UnboundedReceiver<LinkMsg>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let s = Arc::new(Scheduler::new(
-            max_queue,
-            0,
+            Pool::new(max_queue, 0),
             Duration::from_millis(2000),
             tx,
         ));

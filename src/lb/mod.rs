@@ -99,9 +99,14 @@ async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), F
             }
         }
     });
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
+    let pool = pool::Pool::new(config.max_queue, config.max_requests)
+        .with_jitter(config.max_requests_jitter, seed);
     let balancer = Arc::new(Balancer::new(
-        config.max_queue,
-        config.max_requests,
+        pool,
         config.queue_timeout,
         manager_tx.clone(),
     ));

@@ -62,6 +62,8 @@ struct Slot<C> {
     /// Quit or died while busy: forget it at check-in.
     leaving: bool,
     served: u64,
+    /// Requests this worker serves before it is retired; 0 = no limit.
+    budget: u64,
     conn: Option<C>,
 }
 
@@ -90,6 +92,11 @@ pub struct Pool<C, W> {
     max_queue: usize,
     /// Requests a worker serves before it is retired; 0 = never.
     max_requests: u64,
+    /// Up to this many more, drawn per worker, so that workers started
+    /// together are not all recycled together.
+    jitter: u64,
+    /// xorshift64* state for the jitter draws.
+    rng: u64,
     /// The newest version any joined worker announced.
     newest: Option<u64>,
     next_key: u64,
@@ -103,9 +110,31 @@ impl<C, W> Pool<C, W> {
             queue: VecDeque::new(),
             max_queue,
             max_requests,
+            jitter: 0,
+            rng: 0x9E37_79B9_7F4A_7C15,
             newest: None,
             next_key: 0,
         }
+    }
+
+    /// Adds up to `jitter` requests (drawn per worker from `seed`) to each
+    /// worker's budget.
+    pub fn with_jitter(mut self, jitter: u64, seed: u64) -> Self {
+        self.jitter = jitter;
+        self.rng = seed | 1;
+        self
+    }
+
+    fn draw_budget(&mut self) -> u64 {
+        if self.max_requests == 0 || self.jitter == 0 {
+            return self.max_requests;
+        }
+        // xorshift64*: plenty for spreading recycles apart.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let draw = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        self.max_requests + draw % (self.jitter + 1)
     }
 
     /// Adds (or re-adds) a worker. If requests are waiting, the oldest live
@@ -136,6 +165,7 @@ impl<C, W> Pool<C, W> {
                     .retain(|w| slots.get(w).is_some_and(|s| s.version >= Some(v)));
             }
         }
+        let budget = self.draw_budget();
         self.slots.insert(
             id,
             Slot {
@@ -145,6 +175,7 @@ impl<C, W> Pool<C, W> {
                 retired: false,
                 leaving: false,
                 served: 0,
+                budget,
                 conn: None,
             },
         );
@@ -299,14 +330,13 @@ impl<C, W> Pool<C, W> {
     }
 
     fn check_out(&mut self, id: WorkerId) -> Checkout<C> {
-        let max = self.max_requests;
         let slot = self
             .slots
             .get_mut(&id)
             .expect("check_out is only called for an eligible worker");
         slot.busy = true;
         slot.served += 1;
-        let retire = max > 0 && slot.served >= max;
+        let retire = slot.budget > 0 && slot.served >= slot.budget;
         if retire {
             slot.retired = true;
         }
@@ -558,6 +588,31 @@ mod tests {
         assert_eq!(p.stats().workers, 1);
         p.leave(0);
         assert_eq!(p.stats().workers, 0);
+    }
+
+    #[test]
+    fn jitter_spreads_budgets_within_its_range() {
+        let now = Instant::now();
+        let mut p = pool(8, 10).with_jitter(5, 42);
+        let mut budgets = Vec::new();
+        for id in 0..20 {
+            join(&mut p, id, None, now);
+            let mut served = 0;
+            loop {
+                let c = p.checkout().expect("worker");
+                served += 1;
+                let retire = c.retire;
+                checkin(&mut p, c.id, Outcome::Done, now);
+                if retire {
+                    break;
+                }
+            }
+            budgets.push(served);
+        }
+        assert!(budgets.iter().all(|b| (10..=15).contains(b)), "{budgets:?}");
+        budgets.sort();
+        budgets.dedup();
+        assert!(budgets.len() > 2, "jitter drew almost nothing: {budgets:?}");
     }
 
     #[test]

@@ -193,8 +193,12 @@ impl Supervisor {
             }
         }
         info!("stopping");
-        self.stop(&mut int).await;
+        let forced = self.stop(&mut int).await;
         self.cleanup();
+        if forced {
+            // As a process killed by SIGINT would report.
+            return Err(Failure::Silent(130));
+        }
         Ok(())
     }
 
@@ -294,25 +298,34 @@ impl Supervisor {
         let Some(worker) = self.workers.remove(&id) else {
             return;
         };
-        match worker.state {
-            State::Stopping { .. } | State::Retiring => {}
-            State::Starting | State::Ready => {
-                if worker
-                    .joined_at
-                    .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER)
-                {
-                    self.backoff.reset();
-                }
-                let delay = self.backoff.crashed();
-                let missing = self.config.workers.saturating_sub(self.active());
-                error!(
-                    "worker {id} (pid {}) exited unexpectedly ({status}); {missing} worker(s) missing, restarting in {}s",
-                    worker.pid,
-                    delay.as_secs()
-                );
-                let at = Instant::now() + delay;
-                self.respawn_at = Some(self.respawn_at.map_or(at, |t| t.max(at)));
-            }
+        if let State::Stopping { .. } = worker.state {
+            self.reconcile();
+            return; // planned: recycled, replaced or stopped
+        }
+        // It exited on its own: its app died (a retiring worker too — the LB
+        // retires a worker whose app vanished mid-request). Back off, so a
+        // crashing app never restarts in a tight loop.
+        if worker
+            .joined_at
+            .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER)
+        {
+            self.backoff.reset();
+        }
+        let delay = self.backoff.crashed();
+        let at = Instant::now() + delay;
+        self.respawn_at = Some(self.respawn_at.map_or(at, |t| t.max(at)));
+        let missing = self.config.workers.saturating_sub(self.active());
+        if missing == 0 {
+            error!(
+                "worker {id} (pid {}) exited unexpectedly ({status}); its replacement is starting",
+                worker.pid
+            );
+        } else {
+            error!(
+                "worker {id} (pid {}) exited unexpectedly ({status}); {missing} worker(s) missing, restarting in {}s",
+                worker.pid,
+                delay.as_secs()
+            );
         }
         self.reconcile();
     }
@@ -326,9 +339,15 @@ impl Supervisor {
     }
 
     /// Starts what is missing: a replacement for every retiring worker
-    /// without one (at once: planned), then workers up to the wanted count
-    /// (after the crash backoff).
+    /// without one, then workers up to the wanted count. While a crash
+    /// backoff runs, nothing starts.
     fn reconcile(&mut self) {
+        if let Some(at) = self.respawn_at {
+            if Instant::now() < at {
+                return;
+            }
+            self.respawn_at = None;
+        }
         let orphans: Vec<WorkerId> = self
             .workers
             .iter()
@@ -346,12 +365,6 @@ impl Supervisor {
             if !self.spawn_worker(Some(old), version) {
                 return;
             }
-        }
-        if let Some(at) = self.respawn_at {
-            if Instant::now() < at {
-                return;
-            }
-            self.respawn_at = None;
         }
         while self.active() < self.config.workers {
             let version = self.version;
@@ -523,14 +536,18 @@ impl Supervisor {
         }
     }
 
-    /// The graceful stop: the LB drains while the workers serve, then the
-    /// workers stop. A second SIGINT kills everything at once.
-    async fn stop(&mut self, int: &mut tokio::signal::unix::Signal) {
-        let deadline = Instant::now() + self.config.shutdown_timeout + KILL_GRACE;
+    /// The graceful stop, all within the shutdown timeout: the LB drains
+    /// while the workers serve, then the workers stop (they get at least
+    /// `KILL_GRACE`, having nothing in flight by then). What is left at the
+    /// deadline is killed. A second SIGINT kills everything at once; returns
+    /// whether that happened.
+    async fn stop(&mut self, int: &mut tokio::signal::unix::Signal) -> bool {
+        let deadline = Instant::now() + self.config.shutdown_timeout;
         if let Some(lb) = &self.lb {
             spawn::signal(lb.pid, Signal::SIGTERM);
         }
         let mut forced = false;
+        let mut killed = false;
         while self.lb.is_some() {
             tokio::select! {
                 Some(event) = self.events.recv() => match event {
@@ -538,21 +555,25 @@ impl Supervisor {
                     Event::WorkerExited(id, _) => { self.workers.remove(&id); }
                     Event::Link(..) => {}
                 },
-                _ = int.recv() => { forced = true; self.kill_all(); }
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = int.recv() => {
+                    warn!("second interrupt: killing everything");
+                    forced = true;
+                    self.kill_all();
+                }
+                _ = tokio::time::sleep_until(deadline + KILL_GRACE), if !killed => {
                     warn!("load balancer did not drain in time; killing it");
-                    self.kill_all_lb();
+                    self.kill_lb();
+                    killed = true;
                 }
             }
         }
-        for id in self.workers.keys().copied().collect::<Vec<_>>() {
-            if forced {
-                break;
+        if !forced {
+            for id in self.workers.keys().copied().collect::<Vec<_>>() {
+                self.stop_worker(id);
             }
-            self.stop_worker(id);
         }
-        let deadline = Instant::now() + self.config.shutdown_timeout + KILL_GRACE;
-        let mut killed = false;
+        let deadline = deadline.max(Instant::now() + KILL_GRACE);
+        let mut killed = forced;
         while !self.workers.is_empty() {
             tokio::select! {
                 Some(event) = self.events.recv() => {
@@ -560,7 +581,10 @@ impl Supervisor {
                         self.workers.remove(&id);
                     }
                 }
-                _ = int.recv() => self.kill_all(),
+                _ = int.recv() => {
+                    forced = true;
+                    self.kill_all();
+                }
                 _ = tokio::time::sleep_until(deadline), if !killed => {
                     warn!("{} worker(s) did not stop in time; killing them", self.workers.len());
                     self.kill_all();
@@ -569,16 +593,17 @@ impl Supervisor {
             }
         }
         info!("stopped");
+        forced
     }
 
-    fn kill_all_lb(&mut self) {
+    fn kill_lb(&mut self) {
         if let Some(lb) = &self.lb {
             spawn::signal(lb.pid, Signal::SIGKILL);
         }
     }
 
     fn kill_all(&mut self) {
-        self.kill_all_lb();
+        self.kill_lb();
         for worker in self.workers.values() {
             // The worker's app is in its own group and dies with its worker.
             spawn::signal(worker.pid, Signal::SIGKILL);

@@ -1,0 +1,445 @@
+//! Supervision (DESIGN §3, §8): crash restarts with backoff, boot timeout,
+//! recycling without failed requests, LB restarts, no orphans, `--stop`,
+//! one server per prefix, and the signals.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::*;
+
+fn probe() -> String {
+    repo().join("tests/apps/probe").display().to_string()
+}
+
+fn signal(pid: u32, signal: Signal) {
+    kill(Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+fn role_pids(server: &Server, role: &str) -> Vec<u32> {
+    server
+        .children()
+        .into_iter()
+        .filter(|(_, argv)| argv.get(1).map(String::as_str) == Some(role))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Runs `threads` clients sending `path` until `stop` is set; returns the
+/// status counts (0 = a transport error).
+fn load(
+    port: u16,
+    threads: usize,
+    path: &str,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Vec<u16>> {
+    let path = path.to_string();
+    thread::spawn(move || {
+        let clients: Vec<_> = (0..threads)
+            .map(|_| {
+                let path = path.clone();
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut statuses = Vec::new();
+                    let mut client = Client::connect(port).ok();
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = match client.as_mut() {
+                            Some(c) => c.send("GET", &path, &[], b""),
+                            None => Err(std::io::Error::other("no connection")),
+                        };
+                        match answer {
+                            Ok(r) => {
+                                let close = r.header("connection") == Some("close");
+                                statuses.push(r.status);
+                                if close {
+                                    client = Client::connect(port).ok();
+                                }
+                            }
+                            Err(_) => {
+                                statuses.push(0);
+                                client = Client::connect(port).ok();
+                            }
+                        }
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    })
+}
+
+fn failures(statuses: &[u16]) -> Vec<u16> {
+    statuses.iter().copied().filter(|&s| s != 200).collect()
+}
+
+#[test]
+fn a_crashed_worker_is_restarted_with_backoff() {
+    let server = Server::start(&[&probe(), "w:1"]);
+    server.wait_workers(1);
+    assert_eq!(server.get("/die").status, 502);
+    server.wait_output("worker 0 (pid");
+    assert!(server.stderr.text().contains("exited unexpectedly"));
+    server.wait_workers(1);
+    // Crashing again soon after: the restart waits out the backoff.
+    assert_eq!(server.get("/die").status, 502);
+    let crashed = Instant::now();
+    eventually("the crash to show in /status", || {
+        let status = server.status()?;
+        (status["status"] == "degraded" && status["missing"] == 1).then_some(())
+    });
+    server.wait_workers(1);
+    assert!(
+        crashed.elapsed() >= Duration::from_millis(900),
+        "restarted after {:?}:\n{}",
+        crashed.elapsed(),
+        server.output()
+    );
+    assert!(
+        server.stderr.text().contains("restarting in 2s"),
+        "{}",
+        server.output()
+    );
+    assert_eq!(server.get("/pid").status, 200);
+}
+
+#[test]
+fn a_crash_loop_backs_off_and_shows_the_apps_error() {
+    let dir = socket_dir();
+    write_app(
+        dir.path(),
+        "app",
+        "#!/bin/sh\necho 'cannot start: config missing' >&2\nexit 1\n",
+        true,
+    );
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:1"]);
+    server.wait_output("[worker 0] cannot start: config missing");
+    // 1 s, then 2 s: by 2.5 s there have been at most two restarts.
+    thread::sleep(Duration::from_millis(2500));
+    let crashes = server.stderr.text().matches("exited unexpectedly").count();
+    assert!(
+        (1..=3).contains(&crashes),
+        "{crashes} crashes in 2.5 s:\n{}",
+        server.output()
+    );
+    let status = server.status().unwrap();
+    assert_eq!(
+        (status["status"].as_str(), status["missing"].as_u64()),
+        (Some("degraded"), Some(1))
+    );
+}
+
+#[test]
+fn an_app_that_never_gets_ready_times_out_and_is_restarted() {
+    let dir = socket_dir();
+    write_app(dir.path(), "app", "#!/bin/sh\nexec sleep 60\n", true);
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:1", "--boot-timeout-ms=300"]);
+    server.wait_output("did not become ready");
+    server.wait_output("restarting in 1s");
+    // The stuck app was stopped, not left behind.
+    eventually("the stuck app to be gone", || {
+        let sleeping = server
+            .descendants()
+            .into_iter()
+            .filter(|&p| cmdline(p).first().is_some_and(|a| a.ends_with("sleep")))
+            .count();
+        (sleeping <= 1).then_some(())
+    });
+}
+
+#[test]
+fn recycling_under_load_fails_no_request() {
+    runtime("node");
+    let server = Server::start(&[
+        &example("hello"),
+        "w:2",
+        "r:40",
+        "--runtime=node",
+        "--no-access-log",
+    ]);
+    server.wait_workers(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(server.port, 8, "/ping", stop.clone());
+    // Let several generations come and go.
+    server.wait_output("worker 8 ready");
+    stop.store(true, Ordering::Relaxed);
+    let statuses = running.join().unwrap();
+    assert!(statuses.len() > 300, "only {} requests", statuses.len());
+    assert_eq!(
+        failures(&statuses),
+        Vec::<u16>::new(),
+        "of {} requests",
+        statuses.len()
+    );
+    server.wait_workers(2);
+}
+
+#[test]
+fn jitter_spreads_recycling() {
+    let server = Server::start(&["builtin:hello", "w:1", "r:10", "--max-requests-jitter=10"]);
+    server.wait_workers(1);
+    let mut client = Client::connect(server.port).unwrap();
+    for _ in 0..100 {
+        assert_eq!(client.send("GET", "/ping", &[], b"").unwrap().status, 200);
+    }
+    // Budgets of 10..=20 requests: between 5 and 10 replacements.
+    let out = server.wait_output("worker 5 ready");
+    assert!(!out.contains("worker 11 ready"), "{out}");
+}
+
+#[test]
+fn a_killed_lb_is_replaced_and_connections_are_not_refused() {
+    let server = Server::start(&["builtin:hello", "w:2"]);
+    server.wait_workers(2);
+    let lb = role_pids(&server, "lb");
+    assert_eq!(lb.len(), 1);
+    signal(lb[0], Signal::SIGKILL);
+    // Right away, new connections are accepted (the listener outlives the
+    // LB) and answered once the new LB is up.
+    for _ in 0..20 {
+        let mut client =
+            Client::connect(server.port).expect("connection refused while the LB restarted");
+        let r = client.send("GET", "/ping", &[], b"").unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let now = role_pids(&server, "lb");
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, lb);
+    // The new LB knows the workers that joined the old one.
+    server.wait_workers(2);
+}
+
+#[test]
+fn a_killed_manager_leaves_no_orphans() {
+    runtime("node");
+    let mut server = Server::start(&[&example("hello"), "w:2", "--runtime=node"]);
+    server.wait_workers(2);
+    let pids = server.descendants();
+    assert_eq!(pids.len(), 5, "lb + 2 workers + 2 apps");
+    let killed = Instant::now();
+    server.stop_with(Signal::SIGKILL);
+    eventually_within(Duration::from_secs(3), "every process to exit", || {
+        pids.iter().all(|&p| !alive(p)).then_some(())
+    });
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn a_crashed_run_is_cleaned_up_on_the_next_start() {
+    let dir = socket_dir();
+    let path = dir.path().to_path_buf();
+    let mut crashed = Server::start_with(
+        &["builtin:hello", "w:1"],
+        Start {
+            dir: Some(dir),
+            ..Start::default()
+        },
+    );
+    crashed.wait_workers(1);
+    let pids = crashed.descendants();
+    crashed.stop_with(Signal::SIGKILL);
+    eventually("the crashed run's processes to exit", || {
+        pids.iter().all(|&p| !alive(p)).then_some(())
+    });
+    assert!(
+        path.join("rip_server2_hello.pid").exists(),
+        "a SIGKILL leaves the pid file"
+    );
+    let dir = std::mem::replace(&mut crashed.dir, socket_dir());
+    let server = Server::start_with(
+        &["builtin:hello", "w:1"],
+        Start {
+            dir: Some(dir),
+            ..Start::default()
+        },
+    );
+    server.wait_workers(1);
+    assert_eq!(server.get("/ping").status, 200);
+}
+
+#[test]
+fn paths_that_are_not_ours_are_refused_and_kept() {
+    let dir = socket_dir();
+    let ctl = dir.path().join("rip_server2_hello.ctl.sock");
+    std::fs::write(&ctl, "not a socket").unwrap();
+    let out = run(
+        &[
+            "builtin:hello",
+            "http:0",
+            &format!("--socket-dir={}", dir.path().display()),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a socket"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&ctl).unwrap(), "not a socket");
+    std::fs::remove_file(&ctl).unwrap();
+
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, "keep me").unwrap();
+    let pid = dir.path().join("rip_server2_hello.pid");
+    std::os::unix::fs::symlink(&target, &pid).unwrap();
+    let out = run(
+        &[
+            "builtin:hello",
+            "http:0",
+            &format!("--socket-dir={}", dir.path().display()),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert!(pid.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+}
+
+#[test]
+fn stop_only_signals_real_managers() {
+    let dir = socket_dir();
+    // A pid file naming a process that is not a rip-server manager.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        dir.path().join("rip_server2_other.pid"),
+        format!("{}\n", bystander.id()),
+    )
+    .unwrap();
+    let a = Server::start_with(
+        &["builtin:hello", "w:1", "--variant=a"],
+        Start {
+            dir: Some(dir),
+            ..Start::default()
+        },
+    );
+    let dir_arg = format!("--socket-dir={}", a.dir.path().display());
+    let out = run(&["--stop", &dir_arg], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("stopped rip_a_hello (pid {})", a.pid())),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("other"), "{stdout}");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "--stop signalled a process that is not ours"
+    );
+    bystander.kill().unwrap();
+    let _ = bystander.wait();
+    eventually("the server to stop", || (!alive(a.pid())).then_some(()));
+}
+
+#[test]
+fn stop_without_an_app_stops_every_server_in_the_dir() {
+    let a = Server::start(&["builtin:hello", "w:1", "--variant=one"]);
+    let shared = a.dir.path().to_path_buf();
+    // A second server in the same dir, under another prefix.
+    let mut b = std::process::Command::new(BIN)
+        .args(["builtin:hello", "http:0", "w:1", "--variant=two"])
+        .arg(format!("--socket-dir={}", shared.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the second server's pid file", || {
+        shared.join("rip_two_hello.pid").exists().then_some(())
+    });
+    // And one elsewhere, which must be left alone.
+    let c = Server::start(&["builtin:hello", "w:1", "--variant=three"]);
+    let out = run(
+        &["--stop", &format!("--socket-dir={}", shared.display())],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("stopped rip_one_hello"), "{stdout}");
+    assert!(stdout.contains("stopped rip_two_hello"), "{stdout}");
+    let b_status = eventually("the second server to exit", || b.try_wait().ok().flatten());
+    assert!(b_status.success(), "{b_status}");
+    eventually("the first server to exit", || {
+        (!alive(a.pid())).then_some(())
+    });
+    assert!(alive(c.pid()), "a server in another dir was stopped");
+}
+
+#[test]
+fn the_shutdown_timeout_bounds_a_stop() {
+    let mut server = Server::start(&["builtin:hello", "w:1", "--shutdown-timeout-ms=500"]);
+    server.wait_workers(1);
+    let stuck = thread::spawn({
+        let port = server.port;
+        move || try_request(port, "GET", "/sleep?ms=20000", &[], b"")
+    });
+    eventually("the request in flight", || {
+        (server.status()?["busy"] == 1).then_some(())
+    });
+    let started = Instant::now();
+    let status = server.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    assert!(status.success(), "{status}");
+    let _ = stuck.join();
+    assert!(
+        std::fs::read_dir(server.dir.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "files left behind"
+    );
+}
+
+#[test]
+fn a_second_interrupt_stops_at_once() {
+    let mut server = Server::start(&["builtin:hello", "w:1"]);
+    server.wait_workers(1);
+    let pids = server.descendants();
+    let stuck = thread::spawn({
+        let port = server.port;
+        move || try_request(port, "GET", "/sleep?ms=20000", &[], b"")
+    });
+    eventually("the request in flight", || {
+        (server.status()?["busy"] == 1).then_some(())
+    });
+    signal(server.pid(), Signal::SIGINT);
+    server.wait_output("stopping");
+    let started = Instant::now();
+    let status = server.stop_with(Signal::SIGINT);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    let _ = stuck.join();
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} outlived the forced stop");
+    }
+    assert!(
+        std::fs::read_dir(server.dir.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "files left behind"
+    );
+}
