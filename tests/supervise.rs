@@ -443,3 +443,29 @@ fn a_second_interrupt_stops_at_once() {
         "files left behind"
     );
 }
+
+#[test]
+fn each_worker_backs_off_on_its_own() {
+    let server = Server::start(&[&probe(), "w:2"]);
+    server.wait_workers(2);
+    // One slot crashes twice in a row...
+    assert_eq!(server.get("/die").status, 502);
+    server.wait_output("exited unexpectedly");
+    server.wait_workers(2);
+    assert_eq!(server.get("/die").status, 502);
+    server.wait_output("restarting in 2s");
+    // ...the other slot's first crash is not held back by it: a restart
+    // at once (the LB asked for the replacement first) or after 1 s — not
+    // the 4 s a shared backoff would give.
+    let before = server.stderr.text().len();
+    assert_eq!(server.get("/die").status, 502);
+    let after = eventually("the other slot's crash", || {
+        let text = server.stderr.text()[before..].to_string();
+        text.contains("exited unexpectedly").then_some(text)
+    });
+    assert!(
+        after.contains("restarting in 1s") || after.contains("its replacement is starting"),
+        "{after}"
+    );
+    server.wait_workers(2);
+}

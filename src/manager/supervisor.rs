@@ -65,13 +65,22 @@ enum State {
     Stopping { deadline: Instant },
 }
 
+/// One of the N places a worker fills. Replacements (crash, recycle,
+/// reload) take their predecessor's slot, and each slot backs off on its
+/// own, so one crashing worker does not slow the restarts of the others.
+#[derive(Debug, Default)]
+struct Slot {
+    backoff: Backoff,
+    /// No worker starts in this slot before then.
+    respawn_at: Option<Instant>,
+}
+
 #[derive(Debug)]
 struct Worker {
+    slot: usize,
     pid: u32,
     version: u64,
     state: State,
-    /// The retiring worker this one replaces (stopped when this one joins).
-    replaces: Option<WorkerId>,
     joined_at: Option<Instant>,
 }
 
@@ -110,8 +119,7 @@ pub struct Supervisor {
     joined: BTreeMap<WorkerId, Joined>,
     next_id: WorkerId,
     version: u64,
-    backoff: Backoff,
-    respawn_at: Option<Instant>,
+    slots: Vec<Slot>,
     all_ready_once: bool,
 }
 
@@ -128,6 +136,7 @@ impl Supervisor {
             })?;
         }
         let (events_tx, events) = mpsc::unbounded_channel();
+        let slots = (0..config.workers).map(|_| Slot::default()).collect();
         let mut supervisor = Supervisor {
             config,
             listener,
@@ -141,8 +150,7 @@ impl Supervisor {
             joined: BTreeMap::new(),
             next_id: 0,
             version: 1,
-            backoff: Backoff::default(),
-            respawn_at: None,
+            slots,
             all_ready_once: false,
         };
         supervisor.announce();
@@ -264,7 +272,15 @@ impl Supervisor {
                     "worker {id} ready (pid {}, version {})",
                     worker.pid, worker.version
                 );
-                if let Some(old) = worker.replaces.take() {
+                // The worker it replaces (recycled, reloaded) may go now.
+                let slot = worker.slot;
+                let replaced: Vec<WorkerId> = self
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| w.slot == slot && w.state == State::Retiring)
+                    .map(|(old, _)| *old)
+                    .collect();
+                for old in replaced {
                     self.stop_worker(old);
                 }
                 let ready = self
@@ -305,29 +321,38 @@ impl Supervisor {
         // It exited on its own: its app died (a retiring worker too — the LB
         // retires a worker whose app vanished mid-request). Back off, so a
         // crashing app never restarts in a tight loop.
-        if worker
+        let healthy = worker
             .joined_at
-            .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER)
-        {
-            self.backoff.reset();
-        }
-        let delay = self.backoff.crashed();
-        let at = Instant::now() + delay;
-        self.respawn_at = Some(self.respawn_at.map_or(at, |t| t.max(at)));
-        let missing = self.config.workers.saturating_sub(self.active());
-        if missing == 0 {
+            .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER);
+        let delay = self.crashed(worker.slot, healthy);
+        if self.slot_filled(worker.slot) {
             error!(
                 "worker {id} (pid {}) exited unexpectedly ({status}); its replacement is starting",
                 worker.pid
             );
         } else {
             error!(
-                "worker {id} (pid {}) exited unexpectedly ({status}); {missing} worker(s) missing, restarting in {}s",
+                "worker {id} (pid {}) exited unexpectedly ({status}); {} worker(s) missing, restarting in {}s",
                 worker.pid,
+                self.config.workers.saturating_sub(self.active()),
                 delay.as_secs()
             );
         }
         self.reconcile();
+    }
+
+    /// Records a crash in `slot`; returns the delay before its next start.
+    fn crashed(&mut self, slot: usize, healthy: bool) -> Duration {
+        let Some(slot) = self.slots.get_mut(slot) else {
+            return Duration::ZERO;
+        };
+        if healthy {
+            slot.backoff.reset();
+        }
+        let delay = slot.backoff.crashed();
+        let at = Instant::now() + delay;
+        slot.respawn_at = Some(slot.respawn_at.map_or(at, |t| t.max(at)));
+        delay
     }
 
     /// Workers that are or will be serving (not on their way out).
@@ -338,39 +363,26 @@ impl Supervisor {
             .count()
     }
 
-    /// Starts what is missing: a replacement for every retiring worker
-    /// without one, then workers up to the wanted count. While a crash
-    /// backoff runs, nothing starts.
+    /// Whether `slot` has a worker that is or will be serving.
+    fn slot_filled(&self, slot: usize) -> bool {
+        self.workers
+            .values()
+            .any(|w| w.slot == slot && matches!(w.state, State::Starting | State::Ready))
+    }
+
+    /// Fills every empty slot whose backoff has run out. (A slot whose
+    /// worker is retiring is empty: its replacement starts now.)
     fn reconcile(&mut self) {
-        if let Some(at) = self.respawn_at {
-            if Instant::now() < at {
-                return;
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            if self.slot_filled(slot) {
+                continue;
             }
-            self.respawn_at = None;
-        }
-        let orphans: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|(id, w)| {
-                w.state == State::Retiring
-                    && !self.workers.values().any(|r| r.replaces == Some(**id))
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for old in orphans {
-            if self.active() >= self.config.workers {
-                break;
+            if self.slots[slot].respawn_at.is_some_and(|at| now < at) {
+                continue;
             }
-            let version = self.version;
-            if !self.spawn_worker(Some(old), version) {
-                return;
-            }
-        }
-        while self.active() < self.config.workers {
-            let version = self.version;
-            if !self.spawn_worker(None, version) {
-                return;
-            }
+            self.slots[slot].respawn_at = None;
+            self.spawn_worker(slot);
         }
     }
 
@@ -386,9 +398,10 @@ impl Supervisor {
         self.reconcile();
     }
 
-    fn spawn_worker(&mut self, replaces: Option<WorkerId>, version: u64) -> bool {
+    fn spawn_worker(&mut self, slot: usize) {
         let id = self.next_id;
         self.next_id += 1;
+        let version = self.version;
         let role = [
             "worker".to_string(),
             id.to_string(),
@@ -402,10 +415,10 @@ impl Supervisor {
                 self.workers.insert(
                     id,
                     Worker {
+                        slot,
                         pid,
                         version,
                         state: State::Starting,
-                        replaces,
                         joined_at: None,
                     },
                 );
@@ -415,16 +428,13 @@ impl Supervisor {
                         let _ = events.send(Event::WorkerExited(id, status));
                     }
                 });
-                true
             }
             Err(e) => {
-                let delay = self.backoff.crashed();
+                let delay = self.crashed(slot, false);
                 error!(
                     "cannot start worker {id}: {e}; retrying in {}s",
                     delay.as_secs()
                 );
-                self.respawn_at = Some(Instant::now() + delay);
-                false
             }
         }
     }
