@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,57 +28,6 @@ fn role_pids(server: &Server, role: &str) -> Vec<u32> {
         .filter(|(_, argv)| argv.get(1).map(String::as_str) == Some(role))
         .map(|(pid, _)| pid)
         .collect()
-}
-
-/// Runs `threads` clients sending `path` until `stop` is set; returns the
-/// status counts (0 = a transport error).
-fn load(
-    port: u16,
-    threads: usize,
-    path: &str,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<Vec<u16>> {
-    let path = path.to_string();
-    thread::spawn(move || {
-        let clients: Vec<_> = (0..threads)
-            .map(|_| {
-                let path = path.clone();
-                let stop = stop.clone();
-                thread::spawn(move || {
-                    let mut statuses = Vec::new();
-                    let mut client = Client::connect(port).ok();
-                    while !stop.load(Ordering::Relaxed) {
-                        let answer = match client.as_mut() {
-                            Some(c) => c.send("GET", &path, &[], b""),
-                            None => Err(std::io::Error::other("no connection")),
-                        };
-                        match answer {
-                            Ok(r) => {
-                                let close = r.header("connection") == Some("close");
-                                statuses.push(r.status);
-                                if close {
-                                    client = Client::connect(port).ok();
-                                }
-                            }
-                            Err(_) => {
-                                statuses.push(0);
-                                client = Client::connect(port).ok();
-                            }
-                        }
-                    }
-                    statuses
-                })
-            })
-            .collect();
-        clients
-            .into_iter()
-            .flat_map(|c| c.join().unwrap())
-            .collect()
-    })
-}
-
-fn failures(statuses: &[u16]) -> Vec<u16> {
-    statuses.iter().copied().filter(|&s| s != 200).collect()
 }
 
 #[test]
@@ -168,19 +115,12 @@ fn recycling_under_load_fails_no_request() {
         "--no-access-log",
     ]);
     server.wait_workers(2);
-    let stop = Arc::new(AtomicBool::new(false));
-    let running = load(server.port, 8, "/ping", stop.clone());
+    let load = Load::start(server.port, 8, "/ping");
     // Let several generations come and go.
     server.wait_output("worker 8 ready");
-    stop.store(true, Ordering::Relaxed);
-    let statuses = running.join().unwrap();
-    assert!(statuses.len() > 300, "only {} requests", statuses.len());
-    assert_eq!(
-        failures(&statuses),
-        Vec::<u16>::new(),
-        "of {} requests",
-        statuses.len()
-    );
+    let answers = load.finish();
+    assert!(answers.len() > 300, "only {} requests", answers.len());
+    assert_eq!(failures(&answers), vec![], "of {} requests", answers.len());
     server.wait_workers(2);
 }
 

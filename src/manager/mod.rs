@@ -11,6 +11,7 @@
 //! sockets and pid file are removed.
 
 mod supervisor;
+pub mod watch;
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 

@@ -15,11 +15,13 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::apps::{AppKind, LOADER};
-use crate::config::Config;
+use crate::config::{Config, HotReload};
 use crate::lb::pool::WorkerId;
 use crate::link::{self, LinkMsg};
 use crate::paths::{remove_ours, Owned};
 use crate::{front, spawn, Failure};
+
+use super::watch;
 
 /// A worker that served this long before crashing resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
@@ -121,6 +123,8 @@ pub struct Supervisor {
     version: u64,
     slots: Vec<Slot>,
     all_ready_once: bool,
+    /// The app watcher (hot reload) and its debounced batches of changes.
+    watch: Option<(watch::Watch, mpsc::Receiver<Vec<PathBuf>>)>,
 }
 
 impl Supervisor {
@@ -152,7 +156,9 @@ impl Supervisor {
             version: 1,
             slots,
             all_ready_once: false,
+            watch: None,
         };
+        supervisor.watch = supervisor.start_watch();
         supervisor.announce();
         if let Err(e) = supervisor.start_lb() {
             supervisor.cleanup();
@@ -182,6 +188,23 @@ impl Supervisor {
         let _ = out.flush();
     }
 
+    /// Watches the app's directory when a reload mode asks for it.
+    fn start_watch(&self) -> Option<(watch::Watch, mpsc::Receiver<Vec<PathBuf>>)> {
+        if self.config.hot_reload == HotReload::None
+            || matches!(self.config.app.kind, AppKind::Builtin(_))
+        {
+            return None;
+        }
+        let filter = watch::Filter::new(&self.config.app.dir, &[self.config.paths.dir()]);
+        match watch::start(filter) {
+            Ok(watching) => Some(watching),
+            Err(e) => {
+                warn!("{e}; hot reload is off (SIGHUP still restarts the workers)");
+                None
+            }
+        }
+    }
+
     pub async fn run(mut self) -> Result<(), Failure> {
         let mut term = signal(SignalKind::terminate()).map_err(signal_failure)?;
         let mut int = signal(SignalKind::interrupt()).map_err(signal_failure)?;
@@ -193,6 +216,7 @@ impl Supervisor {
                 _ = int.recv() => break,
                 _ = hup.recv() => self.rolling_restart(),
                 Some(event) = self.events.recv() => self.handle(event),
+                Some(changed) = next_change(&mut self.watch) => self.app_changed(changed),
                 _ = tick.tick() => {
                     self.restart_lb_if_due();
                     self.enforce_deadlines();
@@ -272,14 +296,21 @@ impl Supervisor {
                     "worker {id} ready (pid {}, version {})",
                     worker.pid, worker.version
                 );
-                // The worker it replaces (recycled, reloaded) may go now.
-                let slot = worker.slot;
-                let replaced: Vec<WorkerId> = self
-                    .workers
-                    .iter()
-                    .filter(|(_, w)| w.slot == slot && w.state == State::Retiring)
-                    .map(|(old, _)| *old)
-                    .collect();
+                // The workers it replaces (recycled, reloaded) may go now;
+                // a worker superseded before it joined replaces nothing.
+                let (slot, version) = (worker.slot, worker.version);
+                let replaced: Vec<WorkerId> = if worker.state == State::Ready {
+                    self.workers
+                        .iter()
+                        .filter(|(_, w)| {
+                            w.slot == slot && w.state == State::Retiring && w.version <= version
+                        })
+                        .map(|(old, _)| *old)
+                        .filter(|old| *old != id)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 for old in replaced {
                     self.stop_worker(old);
                 }
@@ -386,10 +417,37 @@ impl Supervisor {
         }
     }
 
-    /// SIGHUP: every serving worker gets a replacement of the next version.
+    /// The watcher saw the app change: roll the workers onto the new code.
+    /// In module mode the loader reloads the entry itself, so a change to
+    /// the entry alone needs no restart.
+    fn app_changed(&mut self, mut changed: Vec<PathBuf>) {
+        if self.config.hot_reload == HotReload::Module {
+            if let AppKind::Module { entry, .. } = &self.config.app.kind {
+                changed.retain(|p| p != entry);
+            }
+        }
+        let Some(first) = changed.first() else {
+            return;
+        };
+        let shown = first.strip_prefix(&self.config.app.dir).unwrap_or(first);
+        let more = match changed.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        info!("{}{more} changed", shown.display());
+        self.rolling_restart();
+    }
+
+    /// Every serving worker gets a replacement of the next version (SIGHUP,
+    /// or a change to the app). New code gets a fresh start: crash backoffs
+    /// are forgotten.
     fn rolling_restart(&mut self) {
         self.version += 1;
         info!("rolling restart to version {}", self.version);
+        for slot in &mut self.slots {
+            slot.backoff.reset();
+            slot.respawn_at = None;
+        }
         for worker in self.workers.values_mut() {
             if matches!(worker.state, State::Starting | State::Ready) {
                 worker.state = State::Retiring;
@@ -635,6 +693,16 @@ impl Supervisor {
                 warn!("{e}");
             }
         }
+    }
+}
+
+/// The next batch of changes, or never when nothing is watched.
+async fn next_change(
+    watch: &mut Option<(watch::Watch, mpsc::Receiver<Vec<PathBuf>>)>,
+) -> Option<Vec<PathBuf>> {
+    match watch {
+        Some((_, batches)) => batches.recv().await,
+        None => std::future::pending().await,
     }
 }
 

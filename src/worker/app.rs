@@ -16,10 +16,20 @@ use crate::config::Config;
 use crate::lb::pool::WorkerId;
 use crate::{http, spawn, Failure};
 
+// One per worker process, made once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum RunningApp {
-    Process { child: Child, pid: u32 },
+    Process {
+        child: Child,
+        pid: u32,
+        /// The tasks copying its stdout and stderr to ours.
+        output: Vec<tokio::task::JoinHandle<()>>,
+    },
     Builtin(builtin::Server),
 }
+
+/// How long the last of a stopped app's output may take to arrive.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// How to tell that an app is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +77,14 @@ impl RunningApp {
             .spawn()
             .map_err(|e| Failure::fatal(format!("cannot start app {}: {e}", app.describe())))?;
         let pid = child.id().unwrap_or(0);
+        let mut output = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward_lines(out, id, false));
+            output.push(tokio::spawn(forward_lines(out, id, false)));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward_lines(err, id, true));
+            output.push(tokio::spawn(forward_lines(err, id, true)));
         }
-        Ok(RunningApp::Process { child, pid })
+        Ok(RunningApp::Process { child, pid, output })
     }
 
     pub fn readiness(&self, config: &Config) -> Readiness {
@@ -96,20 +107,27 @@ impl RunningApp {
     }
 
     /// Stops the app: SIGTERM to its process group (the loader finishes the
-    /// in-flight request, then exits), SIGKILL after `grace`.
+    /// in-flight request, then exits), SIGKILL after `grace`. Its last output
+    /// — often why it died — is passed on before this returns.
     pub async fn stop(self, grace: Duration) {
         match self {
-            RunningApp::Process { mut child, pid } => {
-                if let Ok(Some(_)) = child.try_wait() {
-                    spawn::signal_group(pid, Signal::SIGKILL); // leftovers of its group
-                    return;
+            RunningApp::Process {
+                mut child,
+                pid,
+                output,
+            } => {
+                if !matches!(child.try_wait(), Ok(Some(_))) {
+                    spawn::signal_group(pid, Signal::SIGTERM);
+                    if timeout(grace, child.wait()).await.is_err() {
+                        warn!("app (pid {pid}) did not stop within {grace:?}; killing it");
+                    }
                 }
-                spawn::signal_group(pid, Signal::SIGTERM);
-                if timeout(grace, child.wait()).await.is_err() {
-                    warn!("app (pid {pid}) did not stop within {grace:?}; killing it");
-                }
+                // Whatever is left of its process group goes too.
                 spawn::signal_group(pid, Signal::SIGKILL);
                 let _ = child.wait().await;
+                for task in output {
+                    let _ = timeout(OUTPUT_DRAIN, task).await;
+                }
             }
             RunningApp::Builtin(server) => server.stop(grace).await,
         }

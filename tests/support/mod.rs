@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -601,4 +602,63 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         thread::sleep(Duration::from_millis(10));
     }
     child.wait_with_output().expect("output")
+}
+
+/// Clients sending one request after another, each on a kept-alive
+/// connection, until finished.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<thread::JoinHandle<Vec<(u16, String)>>>,
+}
+
+impl Load {
+    /// Starts `threads` clients sending `GET path` to 127.0.0.1:`port`.
+    pub fn start(port: u16, threads: usize, path: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..threads)
+            .map(|_| {
+                let path = path.to_string();
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut answers = Vec::new();
+                    let mut client = Client::connect(port).ok();
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = match client.as_mut() {
+                            Some(c) => c.send("GET", &path, &[], b""),
+                            None => Err(std::io::Error::other("no connection")),
+                        };
+                        match answer {
+                            Ok(r) => {
+                                let close = r.header("connection") == Some("close");
+                                answers.push((r.status, r.text()));
+                                if close {
+                                    client = Client::connect(port).ok();
+                                }
+                            }
+                            Err(e) => {
+                                answers.push((0, e.to_string()));
+                                client = Client::connect(port).ok();
+                            }
+                        }
+                    }
+                    answers
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    /// Stops the clients; returns every answer (status 0: a transport error).
+    pub fn finish(self) -> Vec<(u16, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("load client"))
+            .collect()
+    }
+}
+
+/// The answers that were not 200.
+pub fn failures(answers: &[(u16, String)]) -> Vec<(u16, String)> {
+    answers.iter().filter(|(s, _)| *s != 200).cloned().collect()
 }

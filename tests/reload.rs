@@ -1,0 +1,314 @@
+//! Hot reload (DESIGN §7): module reloads in place, rolling restarts on a
+//! change (process mode, and files other than the entry in module mode),
+//! SIGHUP, and `none` — all without failing a request under load.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A module app answering `text` on `/`; `/msg` answers what `msg.js` exports.
+fn write_module(dir: &Path, text: &str) {
+    write_app(
+        dir,
+        "index.js",
+        &format!(
+            "import {{ msg }} from './msg.js';\nexport default {{ fetch(req) {{\n  const p = new URL(req.url).pathname;\n  return new Response(p === '/msg' ? msg : {text:?});\n}} }};\n"
+        ),
+        false,
+    );
+}
+
+fn write_msg(dir: &Path, text: &str) {
+    write_app(
+        dir,
+        "msg.js",
+        &format!("export const msg = {text:?};\n"),
+        false,
+    );
+}
+
+fn module_app() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("ripapp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    write_msg(dir.path(), "m1");
+    write_module(dir.path(), "v1");
+    dir
+}
+
+/// Waits until `n` answers in a row from `path` are `want`; returns how long.
+fn until_all(server: &Server, path: &str, want: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    eventually(&format!("{n} answers of {want:?} in a row"), || {
+        (0..n)
+            .all(|_| server.get(path).text() == want)
+            .then_some(())
+    });
+    started.elapsed()
+}
+
+/// Only 200s, and every answer one of `allowed`.
+fn assert_clean(answers: &[(u16, String)], allowed: &[&str]) {
+    assert!(answers.len() > 20, "only {} requests", answers.len());
+    assert_eq!(failures(answers), vec![], "of {} requests", answers.len());
+    for (_, body) in answers {
+        assert!(
+            allowed.contains(&body.as_str()),
+            "unexpected answer {body:?}"
+        );
+    }
+}
+
+fn module_mode_reloads_the_entry_in_place(runtime_name: &str) {
+    runtime(runtime_name);
+    let app = module_app();
+    let server = Server::start(&[
+        app.path().to_str().unwrap(),
+        "w:2",
+        "--hot-reload=module",
+        &format!("--runtime={runtime_name}"),
+        "--no-access-log",
+    ]);
+    server.wait_workers(2);
+    let load = Load::start(server.port, 4, "/");
+    thread::sleep(Duration::from_millis(100));
+    write_module(app.path(), "v2");
+    let took = until_all(&server, "/", "v2", 10);
+    assert!(
+        took < Duration::from_secs(3),
+        "{runtime_name}: took {took:?}"
+    );
+    let answers = load.finish();
+    assert_clean(&answers, &["v1", "v2"]);
+    // In place: the same processes, no restart.
+    let out = server.output();
+    assert!(!out.contains("rolling restart"), "{out}");
+    assert!(!out.contains("worker 2 ready"), "{out}");
+}
+
+#[test]
+fn module_mode_reloads_the_entry_in_place_under_node() {
+    module_mode_reloads_the_entry_in_place("node");
+}
+
+#[test]
+fn module_mode_reloads_the_entry_in_place_under_bun() {
+    module_mode_reloads_the_entry_in_place("bun");
+}
+
+#[test]
+fn a_broken_edit_keeps_the_last_good_code() {
+    runtime("node");
+    let app = module_app();
+    let server = Server::start(&[
+        app.path().to_str().unwrap(),
+        "w:1",
+        "--hot-reload=module",
+        "--runtime=node",
+    ]);
+    server.wait_workers(1);
+    assert_eq!(server.get("/").text(), "v1");
+    write_app(
+        app.path(),
+        "index.js",
+        "export default { fetch( { broken\n",
+        false,
+    );
+    // The request that meets the broken edit, and every one after, gets the
+    // old code; the error is logged.
+    eventually("the failed reload to be logged", || {
+        let r = server.get("/");
+        assert_eq!((r.status, r.text().as_str()), (200, "v1"));
+        server.output().contains("reload of").then_some(())
+    });
+    for _ in 0..5 {
+        let r = server.get("/");
+        assert_eq!((r.status, r.text().as_str()), (200, "v1"));
+    }
+    write_module(app.path(), "v3");
+    until_all(&server, "/", "v3", 3);
+}
+
+#[test]
+fn module_mode_restarts_workers_for_other_files() {
+    runtime("node");
+    let app = module_app();
+    let server = Server::start(&[
+        app.path().to_str().unwrap(),
+        "w:2",
+        "--hot-reload=module",
+        "--runtime=node",
+        "--no-access-log",
+    ]);
+    server.wait_workers(2);
+    let load = Load::start(server.port, 4, "/msg");
+    thread::sleep(Duration::from_millis(100));
+    write_msg(app.path(), "m2");
+    let took = until_all(&server, "/msg", "m2", 10);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let answers = load.finish();
+    assert_clean(&answers, &["m1", "m2"]);
+    server.wait_output("rolling restart to version 2");
+}
+
+#[test]
+fn used_up_module_reloads_recycle_the_worker() {
+    runtime("node");
+    let app = module_app();
+    let server = Server::start(&[
+        app.path().to_str().unwrap(),
+        "w:1",
+        "--hot-reload=module",
+        "--max-reloads=1",
+        "--runtime=node",
+    ]);
+    server.wait_workers(1);
+    write_module(app.path(), "v2");
+    until_all(&server, "/", "v2", 2);
+    thread::sleep(Duration::from_millis(150)); // the loader checks at most every 100 ms
+    write_module(app.path(), "v3");
+    let r = eventually("v3", || {
+        let r = server.get("/");
+        (r.text() == "v3").then_some(r)
+    });
+    assert!(r.header("rip-worker-recycle").is_none(), "{:?}", r.headers);
+    // Past its reloads the worker is replaced (by one that loads v3 afresh).
+    server.wait_output("worker 1 ready");
+    until_all(&server, "/", "v3", 3);
+}
+
+#[test]
+fn process_mode_rolls_every_worker_without_failing_a_request() {
+    runtime("node");
+    let app = module_app();
+    let server = Server::start(&[
+        app.path().to_str().unwrap(),
+        "w:2",
+        "--hot-reload=process",
+        "--runtime=node",
+        "--no-access-log",
+    ]);
+    server.wait_workers(2);
+    let load = Load::start(server.port, 8, "/");
+    thread::sleep(Duration::from_millis(100));
+    write_module(app.path(), "v2");
+    let took = until_all(&server, "/", "v2", 10);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let answers = load.finish();
+    assert_clean(&answers, &["v1", "v2"]);
+    let out = server.wait_output("worker 3 ready");
+    assert!(out.contains("rolling restart to version 2"), "{out}");
+    // The old workers left only after their replacements joined.
+    server.wait_workers(2);
+}
+
+#[test]
+fn process_mode_keeps_the_old_code_through_a_broken_edit() {
+    runtime("node");
+    let app = module_app();
+    let server = Server::start(&[
+        app.path().to_str().unwrap(),
+        "w:2",
+        "--hot-reload=process",
+        "--runtime=node",
+    ]);
+    server.wait_workers(2);
+    let load = Load::start(server.port, 4, "/");
+    write_app(
+        app.path(),
+        "index.js",
+        "export default { fetch( { broken\n",
+        false,
+    );
+    server.wait_output("rolling restart to version 2");
+    // The new version cannot start; the old one keeps serving.
+    server.wait_output("exited unexpectedly");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.get("/").text(), "v1");
+    write_module(app.path(), "v3");
+    until_all(&server, "/", "v3", 10);
+    let answers = load.finish();
+    assert_clean(&answers, &["v1", "v3"]);
+}
+
+#[test]
+fn sighup_rolls_the_workers_in_every_mode() {
+    let server = Server::start(&[
+        "builtin:hello",
+        "w:2",
+        "--hot-reload=none",
+        "--no-access-log",
+    ]);
+    server.wait_workers(2);
+    let load = Load::start(server.port, 8, "/ping");
+    thread::sleep(Duration::from_millis(100));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    server.wait_output("worker 3 ready");
+    thread::sleep(Duration::from_millis(200));
+    let answers = load.finish();
+    assert_clean(&answers, &["pong"]);
+    server.wait_workers(2);
+}
+
+#[test]
+fn none_mode_ignores_edits_until_sighup() {
+    runtime("node");
+    let app = module_app();
+    let server = Server::start(&[
+        app.path().to_str().unwrap(),
+        "w:1",
+        "--hot-reload=none",
+        "--runtime=node",
+    ]);
+    server.wait_workers(1);
+    write_module(app.path(), "v2");
+    write_msg(app.path(), "m2");
+    // Well past the debounce and a worker's start: still the old code.
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        assert_eq!(server.get("/").text(), "v1");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!server.output().contains("changed"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    until_all(&server, "/", "v2", 3);
+}
+
+#[test]
+fn a_command_app_is_restarted_on_any_edit_in_module_mode() {
+    let dir = tempfile::Builder::new()
+        .prefix("ripapp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::copy(repo().join("examples/python/app"), dir.path().join("app")).unwrap();
+    std::fs::write(dir.path().join("greeting.txt"), "one").unwrap();
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:1", "--hot-reload=module"]);
+    server.wait_workers(1);
+    std::fs::write(dir.path().join("greeting.txt"), "two").unwrap();
+    server.wait_output("greeting.txt changed");
+    server.wait_output("worker 1 ready");
+    // Ignored paths do not restart anything.
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::write(dir.path().join(".git/index"), "x").unwrap();
+    std::fs::write(dir.path().join("app.swp"), "x").unwrap();
+    std::fs::write(dir.path().join("greeting.txt"), "three").unwrap();
+    server.wait_output("worker 2 ready");
+    let out = server.stderr.text();
+    assert_eq!(out.matches("rolling restart").count(), 2, "{out}");
+    assert!(!out.contains(".git") && !out.contains("swp"), "{out}");
+}
