@@ -10,9 +10,7 @@
 
 use std::net::IpAddr;
 
-use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, DATE, TE, TRANSFER_ENCODING, UPGRADE,
-};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 
 /// `Rip-Worker-Busy: 1`: the app is serving someone else and did not take
 /// this request.
@@ -23,14 +21,9 @@ pub const WORKER_RECYCLE: &str = "rip-worker-recycle";
 const INTERNAL_PREFIX: &str = "rip-worker-";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// Hop-by-hop headers that are not named by `Connection` but still never
-/// travel past one connection.
-const HOP_BY_HOP: [&str; 3] = ["keep-alive", "proxy-connection", "trailer"];
-
 /// Prepares a client's request headers for the worker.
 pub fn request(headers: &mut HeaderMap, client: Option<IpAddr>) {
-    strip_hop_by_hop(headers);
-    strip_internal(headers);
+    strip(headers, false);
     if let Some(ip) = client {
         append_forwarded_for(headers, ip);
     }
@@ -47,13 +40,11 @@ pub struct Signals {
 /// Cleans a worker's response headers for the client; returns the internal
 /// signals they carried.
 pub fn response(headers: &mut HeaderMap) -> Signals {
-    strip_hop_by_hop(headers);
-    headers.remove(DATE);
     let signals = Signals {
         busy: is_one(headers.get(WORKER_BUSY)),
         recycle: is_one(headers.get(WORKER_RECYCLE)),
     };
-    strip_internal(headers);
+    strip(headers, true);
     signals
 }
 
@@ -61,42 +52,61 @@ fn is_one(value: Option<&HeaderValue>) -> bool {
     value.is_some_and(|v| v.as_bytes().trim_ascii() == b"1")
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+/// What one header name means to the LB.
+enum Kind {
+    Kept,
+    /// Hop-by-hop, internal, or (in responses) the worker's `Date`.
+    Dropped,
+    /// `Connection`: dropped, and so are the headers it names.
+    Connection,
+}
+
+fn kind(name: &HeaderName, response: bool) -> Kind {
+    match name.as_str() {
+        "connection" => Kind::Connection,
+        "keep-alive" | "proxy-connection" | "te" | "transfer-encoding" | "upgrade" | "trailer" => {
+            Kind::Dropped
         }
-        headers.remove(CONNECTION);
-    }
-    headers.remove(TE);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(UPGRADE);
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+        "date" if response => Kind::Dropped,
+        // Header names are stored lowercase, so this catches any spelling.
+        n if n.starts_with(INTERNAL_PREFIX) => Kind::Dropped,
+        _ => Kind::Kept,
     }
 }
 
-fn strip_internal(headers: &mut HeaderMap) {
-    // Header names are stored lowercase, so this catches any spelling.
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with(INTERNAL_PREFIX))
-    {
-        let internal: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
-            .cloned()
-            .collect();
-        for name in internal {
-            headers.remove(name);
+/// Removes hop-by-hop and internal headers (and, from responses, `Date`).
+/// One pass over the names finds them; a typical request has only
+/// `Connection: keep-alive` to drop.
+fn strip(headers: &mut HeaderMap, response: bool) {
+    let mut dropped: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
+    for name in headers.keys() {
+        match kind(name, response) {
+            Kind::Kept => {}
+            Kind::Dropped => dropped.push(name.clone()),
+            Kind::Connection => connection = true,
         }
+    }
+    if connection {
+        for value in headers.get_all(CONNECTION) {
+            let Ok(value) = value.to_str() else {
+                continue;
+            };
+            for token in value.split(',') {
+                let token = token.trim();
+                // `close` and `keep-alive` are options, not header names.
+                if !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive")
+                {
+                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                        dropped.push(name);
+                    }
+                }
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in dropped {
+        headers.remove(name);
     }
 }
 

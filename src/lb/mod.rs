@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod balancer;
 pub mod control;
 pub mod headers;
+pub mod io;
 pub mod pool;
 pub mod proxy;
 pub mod upstream;
@@ -30,9 +31,9 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -82,10 +83,7 @@ struct Lb {
 async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failure> {
     // SAFETY: the manager passed these descriptors to this process alone.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(listen_fd) };
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Failure::fatal(format!("bad listener fd {listen_fd}: {e}")))?;
-    let listener = TcpListener::from_std(listener)
+    let listener = io::Listener::new(listener)
         .map_err(|e| Failure::fatal(format!("bad listener fd {listen_fd}: {e}")))?;
     // SAFETY: as above.
     let (mut from_manager, mut to_manager) = unsafe { link::from_raw_fd(link_fd) }
@@ -173,14 +171,13 @@ async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), F
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
                 let lb = lb.clone();
                 let client = Some(peer.ip());
                 let service = service_fn(move |req| {
                     let lb = lb.clone();
                     async move { Ok::<_, Infallible>(lb.route(req, client).await) }
                 });
-                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let conn = http.serve_connection(stream, service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;

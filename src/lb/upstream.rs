@@ -10,21 +10,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+
+use super::io::Socket;
 
 /// A connection to a worker's app.
 pub type Conn<B> = hyper::client::conn::http1::SendRequest<B>;
 
-/// Opens a connection to the app at `socket` within `timeout`.
+/// Opens a connection to the app at `socket` within `timeout`. (A unix
+/// connect does not wait: it succeeds, or fails at once when nothing
+/// listens or the backlog is full.)
 pub async fn connect(socket: &Path, timeout: Duration) -> io::Result<Conn<Outgoing>> {
-    let stream = tokio::time::timeout(timeout, UnixStream::connect(socket))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(io::Error::other)?;
+    let stream = Socket::connect_unix(socket)?;
+    let (sender, conn) = tokio::time::timeout(
+        timeout,
+        hyper::client::conn::http1::Builder::new().handshake(stream),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    .map_err(io::Error::other)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

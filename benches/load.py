@@ -1,0 +1,810 @@
+#!/usr/bin/env python3
+"""Side-by-side load benchmark: rip-server vs HAProxy vs the app alone.
+
+For each app it starts these targets once (they stay up across repeats):
+
+  rip      rip-server <app> http:0 w:2 --no-access-log --hot-reload=none
+           (rip-server's defaults otherwise, so r:10000 recycling is on;
+           --rip-args "r:0" turns it off)
+  haproxy  HAProxy (nbthread 1, balance leastconn, maxconn 1 per server,
+           http-reuse always, rip-server's default timeouts) in front of 2 app
+           processes run by rip-server's loader (src/apps/loader.mjs) on unix
+           sockets
+  direct   the app alone on TCP, the ceiling: 2 Bun.serve processes sharing
+           the port (reusePort), or node:cluster with 2 workers
+
+warms each up for a second, then loads them with `wrk -t1 -c<C> -d<D>s
+--latency` at each concurrency C, interleaved (rip, haproxy, direct, rip,
+haproxy, direct, ...) so that machine noise hits every target alike, and
+reports the median of the repeats of each cell. Per run it records req/s,
+p50, p99, non-2xx responses, socket errors, the proxy's RSS at the end of the
+run (rip-server's `lb` process, or haproxy), roughly how many workers
+rip-server replaced during the run, the CPU time (utime+stime from /proc,
+children included once reaped) of each process group -- the proxy, the app
+side (rip-server's workers and their apps, or the app processes) and wrk --
+and how many CPUs everything else on the machine kept busy meanwhile (noise).
+It prints one table, the ratios rip/haproxy and rip/direct, and any run or
+target that failed.
+
+Apps (benches/apps/):
+  bun-ping   ping/index.js under Bun, answers "pong"           GET  /ping
+  node-ping  the same under Node                                GET  /ping
+  builtin    rip-server's builtin:hello (rip only)              GET  /ping
+  1ms        sleep1/index.js under Bun: waits 1 ms, answers     GET  /ping
+  echo64k    echo/index.js under Bun, streams the body back     POST /echo, 64 KiB
+
+Run it from anywhere, after a release build (needs wrk, bun, node, haproxy):
+
+  cargo build --release
+  python3 benches/load.py               # full: 10 s runs, c=2,16,64,256, every app (~30 min)
+  python3 benches/load.py --quick       # 2 s runs, c=2,64, bun-ping,builtin,1ms (< 2 min)
+  python3 benches/load.py --apps bun-ping,1ms --conc 64 --duration 5 --repeats 3
+  python3 benches/load.py --c1000-rss   # then rip-server's LB RSS after c=64 and c=1000
+
+A missing HAProxy only drops its rows (install: apt-get install haproxy).
+Without wrk (or with --client python) a built-in single-threaded Python
+client does the load; it costs about 1.5x wrk's CPU per request, which it
+takes from the servers on a small machine, so its numbers are lower and only
+compare targets with each other within one run. Everything listens on
+127.0.0.1; temp files, sockets and processes are removed at the end.
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import resource
+import select
+import selectors
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "rip-server")
+APPS_DIR = os.path.join(ROOT, "benches", "apps")
+LOADER = os.path.join(ROOT, "src", "apps", "loader.mjs")
+HAPROXY = "/usr/sbin/haproxy"
+WORKERS = 2
+TICK = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 30  # seconds any target may take to come up
+STOP_TIMEOUT = 15  # seconds any target may take to stop (rip-server's own limit is 10)
+
+
+@dataclass
+class App:
+    name: str
+    source: str  # an app directory under benches/apps, or builtin:<name>
+    runtime: str | None  # bun | node; None for a built-in app
+    path: str
+    body: int = 0  # bytes POSTed with each request; 0 = GET
+
+    @property
+    def entry(self):
+        return os.path.join(APPS_DIR, self.source, "index.js")
+
+
+APPS = {
+    "bun-ping": App("bun-ping", "ping", "bun", "/ping"),
+    "node-ping": App("node-ping", "ping", "node", "/ping"),
+    "builtin": App("builtin", "builtin:hello", None, "/ping"),
+    "1ms": App("1ms", "sleep1", "bun", "/ping"),
+    "echo64k": App("echo64k", "echo", "bun", "/echo", body=64 * 1024),
+}
+
+
+# ---------------------------------------------------------------------------
+# /proc
+
+
+def proc_table():
+    """{pid: (ppid, own CPU ticks, reaped children's CPU ticks, start time)}."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]),
+                            int(fields[13]) + int(fields[14]), int(fields[19]))
+    return table
+
+
+def descendants(pid, table):
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [p for p, row in table.items() if row[0] == parent]
+        found += kids
+        todo += kids
+    return found
+
+
+def tree_cpu(pid, table):
+    """CPU seconds of pid and everything below it, living or reaped."""
+    pids = [p for p in [pid] + descendants(pid, table) if p in table]
+    return sum(table[p][1] + table[p][2] for p in pids) / TICK
+
+
+def machine_busy():
+    """CPU seconds all CPUs have spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICK  # minus idle and iowait
+
+
+def role(pid):
+    """argv[1] of a rip-server process: manager, lb, worker."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return None
+    return argv[1].decode() if len(argv) > 1 else None
+
+
+def rss_mib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def kill_tree(proc, timeout):
+    """SIGTERM a process we started, wait, then SIGKILL it and what it started."""
+    if proc.poll() is not None:
+        return
+    table = proc_table()
+    kids = [(p, table[p][3]) for p in descendants(proc.pid, table)]
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        table = proc_table()
+        alive = [p for p, start in kids if p in table and table[p][3] == start]
+        if not alive:
+            return
+        time.sleep(0.05)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------
+# Waiting for things to come up
+
+
+def wait_for(check, what, procs=()):
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError("%s: process %d exited (%s)" % (what, proc.pid, proc.returncode))
+        time.sleep(0.02)
+    raise RuntimeError("%s: not up within %d s" % (what, START_TIMEOUT))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path):
+    """(status, body) of GET http://127.0.0.1:port/path, or None."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def unix_ready(path):
+    """Does the app on this unix socket answer GET /ready with 200?"""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(path)
+            s.sendall(b"GET /ready HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def read_lines(proc, count, what):
+    """Wait for `count` lines on a process's stdout (its "ready" signal)."""
+    for _ in range(count):
+        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
+        if not ready or not proc.stdout.readline():
+            raise RuntimeError("%s: no ready line (exit status %s)" % (what, proc.poll()))
+
+
+# ---------------------------------------------------------------------------
+# Targets: start() brings one up (or raises), then port, cpu(), rss(), stop()
+
+
+class Target:
+    name = ""
+    restarts = 0  # workers replaced so far (rip-server only)
+
+    def __init__(self, app, tmp):
+        self.app = app
+        self.dir = tempfile.mkdtemp(prefix=self.name + "-", dir=tmp)
+        self.procs = []
+
+    def start(self):
+        raise NotImplementedError
+
+    def spawn(self, cmd, log, stdout=None, **kw):
+        """Starts a process with its stderr (and stdout unless given) in a log file."""
+        log_file = open(os.path.join(self.dir, log), "w")
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout or log_file, stderr=log_file, **kw)
+        log_file.close()
+        self.procs.append(proc)
+        return proc
+
+    def cpu(self):
+        """{group: CPU seconds so far}; groups are "proxy" and "app"."""
+        raise NotImplementedError
+
+    def rss(self):
+        return None
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            kill_tree(proc, STOP_TIMEOUT)
+
+
+class Rip(Target):
+    name = "rip"
+
+    def __init__(self, app, tmp, extra_args):
+        super().__init__(app, tmp)
+        self.extra_args = extra_args
+        self.log = os.path.join(self.dir, "server.log")
+
+    def start(self):
+        app = self.app
+        cmd = [BIN, os.path.join(APPS_DIR, app.source) if app.runtime else app.source,
+               "http:0", "w:%d" % WORKERS, "--no-access-log", "--hot-reload=none",
+               "--socket-dir=" + os.path.join(self.dir, "s")] + self.extra_args
+        if app.runtime:
+            cmd.append("--runtime=" + app.runtime)
+        self.manager = self.spawn(cmd, "server.log")
+        line = wait_for(lambda: re.search(r"rip-server: serving .* on http://\S+:(\d+) with", self.read_log()),
+                        "rip-server", self.procs)
+        self.port = int(line.group(1))
+        wait_for(self.healthy, "rip-server /status", self.procs)
+        wait_for(self.find_lb, "rip-server lb")
+        self.started = self.workers_started()
+
+    def read_log(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def healthy(self):
+        got = http_get(self.port, "/status")
+        if not got or got[0] != 200:
+            return False
+        status = json.loads(got[1])
+        return status["status"] == "healthy" and status["workers"] == WORKERS
+
+    def find_lb(self):
+        table = proc_table()
+        kids = [p for p, row in table.items() if row[0] == self.manager.pid]
+        return next((p for p in kids if role(p) == "lb"), None)
+
+    def workers_started(self):
+        return len(re.findall(r"worker \d+ ready \(pid", self.read_log()))
+
+    @property
+    def restarts(self):
+        return self.workers_started() - self.started
+
+    def cpu(self):
+        table = proc_table()
+        lb = self.find_lb()
+        kids = [p for p, row in table.items() if row[0] == self.manager.pid]
+        workers = sum(tree_cpu(p, table) for p in kids if role(p) == "worker")
+        reaped = table[self.manager.pid][2] / TICK  # workers already replaced, with their apps
+        return {"proxy": tree_cpu(lb, table), "app": workers + reaped}
+
+    def rss(self):
+        return rss_mib(self.find_lb())
+
+
+class Haproxy(Target):
+    name = "haproxy"
+
+    def start(self):
+        sockets = self.start_apps()
+        self.port = free_port()
+        config = os.path.join(self.dir, "haproxy.cfg")
+        with open(config, "w") as f:
+            f.write(haproxy_config(self.port, sockets))
+        self.haproxy = self.spawn([HAPROXY, "-db", "-f", config], "haproxy.log", stdout=subprocess.DEVNULL)
+        wait_for(lambda: (http_get(self.port, "/ready") or (0,))[0] == 200, "haproxy", self.procs)
+
+    def start_apps(self):
+        """The apps HAProxy fronts: rip-server's loader, each on its own unix socket."""
+        sockets = []
+        for i in range(WORKERS):
+            sock = os.path.join(self.dir, "w%d.sock" % i)
+            env = dict(os.environ, RIP_SOCKET=sock, RIP_ENTRY=self.app.entry, RIP_WORKER_ID=str(i),
+                       RIP_APP_NAME=self.app.source, RIP_HOT_RELOAD="none")
+            self.spawn([self.app.runtime, LOADER], "app%d.log" % i, env=env,
+                       cwd=os.path.dirname(self.app.entry), stdout=subprocess.DEVNULL)
+            sockets.append(sock)
+        for sock in sockets:
+            wait_for(lambda: unix_ready(sock), "haproxy's app on " + sock, self.procs)
+        return sockets
+
+    def cpu(self):
+        table = proc_table()
+        apps = [p.pid for p in self.procs if p is not self.haproxy]
+        return {"proxy": tree_cpu(self.haproxy.pid, table), "app": sum(tree_cpu(p, table) for p in apps)}
+
+    def rss(self):
+        return rss_mib(self.haproxy.pid)
+
+
+def haproxy_config(port, sockets):
+    servers = "".join("    server w%d %s maxconn 1\n" % (i, s) for i, s in enumerate(sockets))
+    return (
+        "global\n"
+        "    nbthread 1\n"
+        "    maxconn 4096\n"
+        "defaults\n"
+        "    mode http\n"
+        "    timeout connect 200ms\n"
+        "    timeout queue 2s\n"
+        "    timeout server 5s\n"
+        "    timeout client 30s\n"
+        "frontend front\n"
+        "    bind 127.0.0.1:%d\n"
+        "    default_backend apps\n"
+        "backend apps\n"
+        "    balance leastconn\n"
+        "    http-reuse always\n" % port
+    ) + servers
+
+
+class Direct(Target):
+    name = "direct"
+
+    def start(self):
+        runtime = self.app.runtime
+        self.port = free_port()
+        env = dict(os.environ, PORT=str(self.port), APP_ENTRY=self.app.entry, WORKERS=str(WORKERS))
+        script = os.path.join(APPS_DIR, "direct-%s.mjs" % runtime)
+        # Bun: WORKERS processes sharing the port; Node: one cluster primary.
+        for i in range(WORKERS if runtime == "bun" else 1):
+            proc = self.spawn([runtime, script], "direct%d.log" % i, env=env,
+                              cwd=os.path.dirname(self.app.entry), stdout=subprocess.PIPE, text=True)
+            read_lines(proc, 1, "direct " + runtime)
+
+    def cpu(self):
+        table = proc_table()
+        return {"app": sum(tree_cpu(p.pid, table) for p in self.procs)}
+
+
+# ---------------------------------------------------------------------------
+# Load
+
+
+def load_command(client, port, app, conc, seconds, lua):
+    url = "http://127.0.0.1:%d%s" % (port, app.path)
+    if client == "wrk":
+        return ["wrk", "-t1", "-c%d" % conc, "-d%ds" % seconds, "--latency"] + (["-s", lua] if app.body else []) + [url]
+    return [sys.executable, os.path.abspath(__file__), "--python-client", url, str(conc), str(seconds), str(app.body)]
+
+
+def run_load(cmd, seconds):
+    """Runs the load generator; returns its output and its CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0 or "Requests/sec" not in done.stdout:
+        raise RuntimeError("%s failed: %s%s" % (shlex.join(cmd), done.stdout, done.stderr))
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return done.stdout, cpu
+
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def parse_wrk(text):
+    def latency(pct):
+        value, unit = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s|m|h)\s*$" % pct, text, re.M).groups()
+        return float(value) * UNITS_MS[unit]
+
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", text).group(1)),
+        "p50": latency(50),
+        "p99": latency(99),
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": sum(map(int, errors.groups())) if errors else 0,
+    }
+
+
+def measure(target, app, conc, seconds, client, lua):
+    """One measured run against a target; returns its numbers."""
+    cmd = load_command(client, target.port, app, conc, seconds, lua)
+    cpu_before, restarts_before = target.cpu(), target.restarts
+    busy_before, started = machine_busy(), time.monotonic()
+    output, client_cpu = run_load(cmd, seconds)
+    busy, elapsed = machine_busy() - busy_before, time.monotonic() - started
+    cpu_after = target.cpu()
+    result = parse_wrk(output)
+    per_10k = 10000 / max(result["requests"], 1)
+    ours = client_cpu
+    for group in cpu_before:
+        used = cpu_after[group] - cpu_before[group]
+        ours += used
+        result[group + "_cpu"] = used * per_10k
+    result["client_cpu"] = client_cpu * per_10k
+    result["other"] = max(busy - ours, 0) / elapsed
+    result["rss"] = target.rss()
+    result["restarts"] = target.restarts - restarts_before
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The Python fallback load client (run as a subprocess, prints wrk's format)
+
+
+def parse_response(buf):
+    """(status, keep-alive, rest of buf) once buf holds a whole response, else None."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buf[:end].decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip().lower() for k, v in (line.split(":", 1) for line in lines[1:])}
+    pos = end + 4
+    if "chunked" in headers.get("transfer-encoding", ""):
+        size = None
+        while size != 0:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            size = int(buf[pos:eol].split(b";")[0], 16)
+            pos = eol + 2 + size + 2
+    else:
+        pos += int(headers.get("content-length", "0"))
+    if len(buf) < pos:
+        return None
+    return int(lines[0].split()[1]), headers.get("connection") != "close", buf[pos:]
+
+
+class ClientConnection:
+    """One keep-alive connection of the Python client, always one request in flight."""
+
+    def __init__(self, selector, address, request, stats):
+        self.selector, self.address, self.request, self.stats = selector, address, request, stats
+        self.sock = None
+
+    def send(self):
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(self.address, timeout=2)
+                self.selector.register(self.sock, selectors.EVENT_READ, self)
+                self.buf = b""
+            self.started = time.perf_counter()
+            self.sock.sendall(self.request)
+        except OSError:
+            self.stats["connect" if self.sock is None else "write"] += 1
+            self.close()
+
+    def on_readable(self):
+        try:
+            data = self.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.stats["read"] += 1
+            return self.close()
+        self.buf += data
+        response = parse_response(self.buf)
+        if response is None:
+            return
+        status, keep, self.buf = response
+        self.stats["latencies"].append(time.perf_counter() - self.started)
+        self.stats["non2xx"] += not 200 <= status < 400
+        if not keep:
+            self.close()
+        self.send()
+
+    def close(self):
+        if self.sock is not None:
+            self.selector.unregister(self.sock)
+            self.sock.close()
+            self.sock = None
+
+
+def python_client(url, conc, seconds, body_size):
+    """A dependency-free stand-in for wrk -t1: one thread, conc keep-alive connections."""
+    host, port, path = re.match(r"http://([^:/]+):(\d+)(/.*)", url).groups()
+    body = b"x" * int(body_size)
+    request = ("%s %s HTTP/1.1\r\nHost: %s:%s\r\nContent-Length: %d\r\n\r\n"
+               % ("POST" if body else "GET", path, host, port, len(body))).encode() + body
+    stats = {"latencies": [], "non2xx": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
+    selector = selectors.DefaultSelector()
+    conns = [ClientConnection(selector, (host, int(port)), request, stats) for _ in range(int(conc))]
+    started = time.perf_counter()
+    deadline, next_check = started + int(seconds), started
+    while time.perf_counter() < deadline:
+        now = time.perf_counter()
+        if now >= next_check:  # (re)connect closed connections, time out stuck requests
+            next_check = now + 0.1
+            for conn in conns:
+                if conn.sock is None:
+                    conn.send()
+                elif now - conn.started > 2:
+                    stats["timeout"] += 1
+                    conn.close()
+        for key, _ in selector.select(timeout=0.1):
+            key.data.on_readable()
+    elapsed = time.perf_counter() - started
+    latencies = sorted(stats["latencies"])
+    print("  Latency Distribution")
+    for pct in (50, 99):
+        value = latencies[min(len(latencies) - 1, len(latencies) * pct // 100)] if latencies else 0
+        print("     %d%%   %.2fms" % (pct, value * 1000))
+    print("  %d requests in %.2fs" % (len(latencies), elapsed))
+    print("  Non-2xx or 3xx responses: %d" % stats["non2xx"])
+    print("  Socket errors: connect %(connect)d, read %(read)d, write %(write)d, timeout %(timeout)d" % stats)
+    print("Requests/sec: %.2f" % (len(latencies) / elapsed))
+
+
+# ---------------------------------------------------------------------------
+# Report
+
+
+def first_line(cmd):
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (done.stdout + done.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "not found"
+
+
+def header(client, rip_args):
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    commit = first_line(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml"],
+                           capture_output=True, text=True).stdout.strip()
+    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(BIN)))
+    print("command:    %s" % shlex.join([sys.executable] + sys.argv))
+    print("date:       %s" % time.strftime("%Y-%m-%d %H:%M:%S %z"))
+    print("machine:    %d CPUs (nproc), %s, kernel %s, load average %s"
+          % (len(os.sched_getaffinity(0)), model, os.uname().release, loadavg()))
+    print("rip-server: %s%s, binary built %s" % (commit, " + uncommitted changes in src/" if dirty else "", built))
+    print("bun %s, node %s, %s" % (first_line(["bun", "--version"]), first_line(["node", "--version"]),
+                                   first_line([HAPROXY, "-v"])))
+    print("rip:        %s <app> http:0 w:%d --no-access-log --hot-reload=none --socket-dir=<tmp> [--runtime=bun|node]%s"
+          % (BIN, WORKERS, "".join(" " + a for a in rip_args)))
+    print("load gen:   %s" % (first_line(["wrk", "-v"]) if client == "wrk" else "built-in Python client "
+                              "(costlier than wrk: compare targets only with each other)"))
+    sys.stdout.flush()
+
+
+def loadavg():
+    return "%.2f %.2f %.2f" % os.getloadavg()
+
+
+def fmt(value, spec):
+    return "-" if value is None else spec % value
+
+
+def median(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def spread(runs):
+    """Range of req/s over the repeats, in % of the median."""
+    rates = [r["rps"] for r in runs]
+    return 100 * (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 else 0
+
+
+def print_table(results, client_name):
+    print()
+    print("Medians over the repeats. ±%%: req/s range over the repeats. non-2xx, errors, replaced: totals over"
+          " the repeats (replaced = rip-server workers recycled during the runs). LB MiB: RSS of rip-server's lb"
+          " or of haproxy at the end of a run. cpu: CPU seconds per 10k requests of the proxy, the app side"
+          " (workers + apps) and %s. other: CPUs kept busy by everything else on the machine during the run"
+          " (noise)." % client_name)
+    columns = ("%-9s %5s %-8s %8s %5s %8s %8s %8s %7s %8s %7s %9s %9s %9s %6s"
+               % ("app", "conc", "target", "req/s", "±%", "p50 ms", "p99 ms", "non-2xx", "errors", "replaced",
+                  "LB MiB", "cpu proxy", "cpu app", "cpu " + client_name, "other"))
+    print(columns)
+    print("-" * len(columns))
+    for (app, conc, target), runs in results.items():
+        print("%-9s %5d %-8s %8.0f %5.1f %8.3f %8.3f %8d %7d %8s %7s %9s %9s %9.3f %6.2f" % (
+            app, conc, target, median(runs, "rps"), spread(runs), median(runs, "p50"), median(runs, "p99"),
+            sum(r["non2xx"] for r in runs), sum(r["errors"] for r in runs),
+            sum(r["restarts"] for r in runs) if target == "rip" else "-",
+            fmt(median(runs, "rss"), "%.1f"), fmt(median(runs, "proxy_cpu"), "%.3f"),
+            fmt(median(runs, "app_cpu"), "%.3f"), median(runs, "client_cpu"), median(runs, "other")))
+
+
+def ratio(results, app, conc, other, key):
+    """rip's median over another target's in one cell, or "-"."""
+    rip, them = results.get((app, conc, "rip")), results.get((app, conc, other))
+    return "%.2f" % (median(rip, key) / median(them, key)) if rip and them and median(them, key) else "-"
+
+
+def print_ratios(results):
+    rows = []
+    for app, conc in dict.fromkeys((app, conc) for app, conc, _ in results):
+        row = (ratio(results, app, conc, "haproxy", "rps"), ratio(results, app, conc, "direct", "rps"),
+               ratio(results, app, conc, "haproxy", "p99"))
+        if row != ("-", "-", "-"):
+            rows.append((app, conc) + row)
+    if rows:
+        print()
+        print("%-9s %5s %18s %17s %16s" % ("app", "conc", "rip/haproxy req/s", "rip/direct req/s", "rip/haproxy p99"))
+        for row in rows:
+            print("%-9s %5d %18s %17s %16s" % row)
+
+
+# ---------------------------------------------------------------------------
+# Main
+
+
+def candidates(app, tmp, args):
+    targets = [Rip(app, tmp, args.rip_args)]
+    if app.runtime:
+        if os.path.exists(HAPROXY):
+            targets.append(Haproxy(app, tmp))
+        targets.append(Direct(app, tmp))
+    return targets
+
+
+def one_line(err):
+    text = " ".join(str(err).split())
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def bench_app(app, tmp, args, lua, results, notes):
+    """Starts the app's targets, warms them up, runs every cell interleaved, stops them."""
+    targets = []
+    try:
+        for target in candidates(app, tmp, args):
+            targets.append(target)
+            try:
+                target.start()
+                run_load(load_command(args.client, target.port, app, 16, args.warmup, lua), args.warmup)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+                notes.append("%s: %s did not start: %s" % (app.name, target.name, one_line(err)))
+                target.stop()
+                targets.pop()
+        for rep in range(args.repeats):
+            for conc in args.conc:
+                for target in targets:
+                    run = "%s c=%d %s #%d" % (app.name, conc, target.name, rep + 1)
+                    try:
+                        result = measure(target, app, conc, args.duration, args.client, lua)
+                    except (RuntimeError, subprocess.TimeoutExpired) as err:
+                        notes.append("%s failed: %s" % (run, one_line(err)))
+                        print("  [%s] failed" % run, file=sys.stderr)
+                        continue
+                    results.setdefault((app.name, conc, target.name), []).append(result)
+                    print("  [%s] %.0f req/s, p99 %.3f ms, non-2xx %d, errors %d, other %.2f CPUs"
+                          % (run, result["rps"], result["p99"], result["non2xx"], result["errors"],
+                             result["other"]), file=sys.stderr)
+    finally:
+        for target in targets:
+            target.stop()
+
+
+def c1000_rss(tmp, args, lua):
+    """rip-server's LB memory after c=64 and after c=1000 (target: at most 16 MiB)."""
+    app = APPS["bun-ping"]
+    seconds = min(args.duration, 5)
+    rip = Rip(app, tmp, args.rip_args)
+    try:
+        rip.start()
+        print()
+        print("rip-server (bun-ping) LB RSS: %.1f MiB idle" % rip.rss())
+        for conc in (64, 1000):
+            result = measure(rip, app, conc, seconds, args.client, lua)
+            print("  after c=%-4d %ds: %.1f MiB  (%.0f req/s, p99 %.3f ms, non-2xx %d, errors %d)"
+                  % (conc, seconds, result["rss"], result["rps"], result["p99"], result["non2xx"], result["errors"]))
+        print("  target: <= 16 MiB -> %s" % ("ok" if result["rss"] <= 16 else "OVER"))
+    finally:
+        rip.stop()
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2 s runs, c=2,64, apps bun-ping,builtin,1ms (under 2 minutes on 2 cores)")
+    parser.add_argument("--apps", help="comma-separated, from: " + ",".join(APPS))
+    parser.add_argument("--conc", help="comma-separated concurrencies (default 2,16,64,256)")
+    parser.add_argument("--duration", type=int, help="seconds per run (default 10; wrk takes whole seconds)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per cell, median reported (default 3)")
+    parser.add_argument("--warmup", type=int, help="seconds of unmeasured load per target at start (default 1)")
+    parser.add_argument("--client", choices=("wrk", "python"),
+                        help="load generator (default wrk if installed, else the built-in Python client)")
+    parser.add_argument("--rip-args", default="", help='extra rip-server tokens, e.g. "r:0"')
+    parser.add_argument("--c1000-rss", action="store_true",
+                        help="after the runs, print rip-server's LB RSS after c=64 and c=1000")
+    args = parser.parse_args()
+    quick = args.quick
+    args.apps = (args.apps or ("bun-ping,builtin,1ms" if quick else ",".join(APPS))).split(",")
+    unknown = [a for a in args.apps if a not in APPS]
+    if unknown:
+        parser.error("unknown app %s (known: %s)" % (",".join(unknown), ",".join(APPS)))
+    args.conc = [int(c) for c in (args.conc or ("2,64" if quick else "2,16,64,256")).split(",")]
+    args.duration = args.duration or (2 if quick else 10)
+    args.warmup = args.warmup or 1
+    args.client = args.client or ("wrk" if shutil.which("wrk") else "python")
+    args.rip_args = shlex.split(args.rip_args)
+    return args
+
+
+def main():
+    if len(sys.argv) == 6 and sys.argv[1] == "--python-client":
+        return python_client(*sys.argv[2:])
+    args = parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # wrk -c1000 and the Python client
+    header(args.client, args.rip_args)
+    if not os.path.exists(HAPROXY):
+        print("haproxy:    not found at %s, its rows are skipped (install: apt-get install haproxy)" % HAPROXY)
+    tmp = tempfile.mkdtemp(prefix="ripload.")
+    lua = os.path.join(tmp, "post64k.lua")
+    with open(lua, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 65536)\n')
+    results, notes = {}, []
+    started = time.monotonic()
+    try:
+        for name in args.apps:
+            bench_app(APPS[name], tmp, args, lua, results, notes)
+        print_table(results, "wrk" if args.client == "wrk" else "client")
+        print_ratios(results)
+        for note in notes:
+            print("NOTE: " + note)
+        if args.c1000_rss:
+            c1000_rss(tmp, args, lua)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print("took %.0f s; load average now %s" % (time.monotonic() - started, loadavg()))
+
+
+if __name__ == "__main__":
+    main()
