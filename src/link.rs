@@ -27,7 +27,9 @@ pub enum LinkMsg {
     },
     /// LB → manager: a worker quit the pool.
     Left { id: WorkerId },
-    /// LB → manager: this worker gets no more requests; replace it.
+    /// LB → manager: replace this worker. It may take requests until its
+    /// replacement has joined (a recycle asks ahead of time), or none at
+    /// all (an abandoned request, an unreachable socket).
     Retire { id: WorkerId },
     /// Manager → LB: this worker's process is gone.
     Dead { id: WorkerId },

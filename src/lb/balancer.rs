@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use super::pool::{Checkout, Enqueue, Outcome, Pool, Stats, WorkerId};
+use super::pool::{Checkin, Checkout, Enqueue, Outcome, Pool, Stats, WorkerId};
 use super::upstream::{Conn, Outgoing};
 use crate::link::LinkMsg;
 
@@ -32,6 +32,8 @@ pub enum Reject {
 /// sockets; the LB uses [`Balancer`].
 pub struct Scheduler<C> {
     pool: Mutex<Pool<C, Waiter<C>>>,
+    /// Woken when a worker that quit mid-request checks in.
+    drained: Notify,
     queue_timeout: Duration,
     manager: mpsc::UnboundedSender<LinkMsg>,
 }
@@ -46,6 +48,7 @@ impl<C> Scheduler<C> {
     ) -> Self {
         Scheduler {
             pool: Mutex::new(pool),
+            drained: Notify::new(),
             queue_timeout,
             manager,
         }
@@ -110,7 +113,7 @@ impl<C> Scheduler<C> {
     }
 
     fn lease(self: &Arc<Self>, checkout: Checkout<C>) -> Lease<C> {
-        if checkout.retire {
+        if checkout.replace {
             let _ = self.manager.send(LinkMsg::Retire { id: checkout.id });
         }
         Lease {
@@ -124,8 +127,31 @@ impl<C> Scheduler<C> {
 
     fn checkin(&self, id: WorkerId, conn: Option<C>, outcome: Outcome) {
         let now = Instant::now().into_std();
-        if self.pool().checkin(id, conn, outcome, now, deliver) {
-            let _ = self.manager.send(LinkMsg::Retire { id });
+        let checkin = self.pool().checkin(id, conn, outcome, now, deliver);
+        match checkin {
+            Checkin::Done => {}
+            Checkin::Retired => {
+                let _ = self.manager.send(LinkMsg::Retire { id });
+            }
+            Checkin::Drained => self.drained.notify_waiters(),
+        }
+    }
+
+    /// Waits (up to `limit`) until worker `id`, which quit, has no request
+    /// in flight — so that its app is stopped only once nothing of ours is
+    /// on its connection.
+    pub async fn drain(&self, id: WorkerId, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.pool().in_flight(id) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -213,6 +239,32 @@ impl<C> Drop for Lease<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quit_waits_for_the_request_in_flight() {
+        let (s, _rx) = scheduler(8);
+        s.join(0, Path::new("/tmp/x.0.sock"), None);
+        let lease = s.acquire().await.expect("worker");
+        s.leave(0);
+        let drain = tokio::spawn({
+            let s = s.clone();
+            async move {
+                s.drain(0, Duration::from_secs(10)).await;
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!drain.is_finished(), "returned with a request in flight");
+        let released = Instant::now();
+        lease.release(None);
+        assert_eq!(drain.await.expect("task"), released);
+        // An idle worker's quit does not wait at all.
+        s.join(1, Path::new("/tmp/x.1.sock"), None);
+        s.leave(1);
+        let started = Instant::now();
+        s.drain(1, Duration::from_secs(10)).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
 
     fn scheduler(max_queue: usize) -> (Arc<Scheduler<()>>, mpsc::UnboundedReceiver<LinkMsg>) {
         let (tx, rx) = mpsc::unbounded_channel();

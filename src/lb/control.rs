@@ -25,6 +25,8 @@ use crate::paths::Paths;
 
 pub struct Control {
     pub balancer: Arc<Balancer>,
+    /// The longest a quit waits for the worker's request in flight.
+    pub drain_limit: std::time::Duration,
     pub paths: Paths,
     pub manager: mpsc::UnboundedSender<LinkMsg>,
 }
@@ -85,10 +87,19 @@ impl Control {
             Ok(message) => message,
             Err(why) => return refuse(&why),
         };
-        match self.apply(message) {
-            Ok(()) => answer(StatusCode::OK, control::ok_body()),
-            Err(why) => refuse(&why),
+        let quit = match &message {
+            Message::Quit { worker_id } => Some(*worker_id),
+            Message::Join { .. } => None,
+        };
+        if let Err(why) = self.apply(message) {
+            return refuse(&why);
         }
+        // A quitting worker stops its app when we answer: answer once its
+        // request in flight, if any, is done (drained), not before.
+        if let Some(id) = quit {
+            self.balancer.drain(id, self.drain_limit).await;
+        }
+        answer(StatusCode::OK, control::ok_body())
     }
 
     fn apply(&self, message: Message) -> Result<(), String> {

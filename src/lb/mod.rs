@@ -129,6 +129,7 @@ async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), F
         ctl,
         Arc::new(control::Control {
             balancer: balancer.clone(),
+            drain_limit: config.shutdown_timeout,
             paths: config.paths.clone(),
             manager: manager_tx,
         }),

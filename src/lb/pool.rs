@@ -25,9 +25,19 @@ pub struct Checkout<C> {
     pub socket: Arc<Path>,
     /// The connection parked with the worker, if one is open.
     pub conn: Option<C>,
-    /// This checkout used up the worker's request budget: ask for a
-    /// replacement now, so it boots while this last request runs.
-    pub retire: bool,
+    /// The worker is near the end of its request budget: ask the manager
+    /// for a replacement now, so that it has joined by the time this worker
+    /// stops taking requests (capacity never dips for a recycle).
+    pub replace: bool,
+    /// This checkout took the last request of the budget: the worker gets
+    /// nothing more.
+    pub last: bool,
+}
+
+/// When a worker with `budget` requests asks for its replacement: with a
+/// tenth of its budget left.
+pub fn replace_at(budget: u64) -> u64 {
+    budget - budget / 10
 }
 
 /// How an exchange with a worker ended.
@@ -41,6 +51,16 @@ pub enum Outcome {
     /// The app answered busy without taking the request: it goes to the
     /// bottom of the idle stack, so a retry tries the others first.
     Busy,
+}
+
+/// What a check-in means beyond the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkin {
+    Done,
+    /// The worker was retired just now (abandoned): replace it.
+    Retired,
+    /// The worker had quit while busy and is now gone: its quit may return.
+    Drained,
 }
 
 /// What became of a request that found no idle worker.
@@ -252,8 +272,7 @@ impl<C, W> Pool<C, W> {
         }
     }
 
-    /// Returns a worker after its exchange. Returns true when the worker was
-    /// retired just now (abandoned), so the manager should replace it.
+    /// Returns a worker after its exchange.
     pub fn checkin(
         &mut self,
         id: WorkerId,
@@ -261,17 +280,21 @@ impl<C, W> Pool<C, W> {
         outcome: Outcome,
         now: Instant,
         deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
-    ) -> bool {
+    ) -> Checkin {
         let Some(slot) = self.slots.get_mut(&id) else {
-            return false;
+            return Checkin::Done;
         };
         slot.busy = false;
         if slot.leaving {
             self.forget(id);
-            return false;
+            return Checkin::Drained;
         }
         if outcome == Outcome::Abandoned {
-            return self.retire(id);
+            return if self.retire(id) {
+                Checkin::Retired
+            } else {
+                Checkin::Done
+            };
         }
         slot.conn = conn;
         if self.eligible(id) {
@@ -281,7 +304,12 @@ impl<C, W> Pool<C, W> {
                 self.hand_over(id, now, deliver);
             }
         }
-        false
+        Checkin::Done
+    }
+
+    /// Whether `id` is registered and has a request in flight.
+    pub fn in_flight(&self, id: WorkerId) -> bool {
+        self.slots.get(&id).is_some_and(|s| s.busy)
     }
 
     /// Gives back a checkout that was never used (its waiter left just as
@@ -336,15 +364,18 @@ impl<C, W> Pool<C, W> {
             .expect("check_out is only called for an eligible worker");
         slot.busy = true;
         slot.served += 1;
-        let retire = slot.budget > 0 && slot.served >= slot.budget;
-        if retire {
+        let limited = slot.budget > 0;
+        let replace = limited && slot.served == replace_at(slot.budget);
+        let last = limited && slot.served >= slot.budget;
+        if last {
             slot.retired = true;
         }
         Checkout {
             id,
             socket: slot.socket.clone(),
             conn: slot.conn.take(),
-            retire,
+            replace,
+            last,
         }
     }
 
@@ -355,7 +386,7 @@ impl<C, W> Pool<C, W> {
         let slot = self.slots.get_mut(&id)?;
         slot.busy = false;
         slot.served -= 1;
-        if checkout.retire {
+        if checkout.last {
             slot.retired = false;
         }
         slot.conn = checkout.conn;
@@ -433,11 +464,11 @@ mod tests {
         now: Instant,
     ) -> (bool, Vec<(&'static str, WorkerId)>) {
         let mut got = Vec::new();
-        let retired = p.checkin(id, Some("conn"), outcome, now, |w, c| {
+        let checkin = p.checkin(id, Some("conn"), outcome, now, |w, c| {
             got.push((w, c.id));
             Ok(())
         });
-        (retired, got)
+        (checkin == Checkin::Retired, got)
     }
 
     fn take(p: &mut TestPool) -> Option<WorkerId> {
@@ -551,14 +582,14 @@ mod tests {
             if w == "dropped" {
                 Err(c)
             } else {
-                got.push((w, c.id, c.retire));
+                got.push((w, c.id, c.last));
                 Ok(())
             }
         });
         // Second of a budget of 3: the failed delivery did not count.
         assert_eq!(got, vec![("alive", 0, false)]);
         checkin(&mut p, 0, Outcome::Done, now);
-        assert!(p.checkout().expect("third").retire);
+        assert!(p.checkout().expect("third").last);
     }
 
     #[test]
@@ -568,22 +599,29 @@ mod tests {
         join(&mut p, 0, None, now);
         let c = p.checkout().expect("worker");
         p.give_back(c, now, |_, c| Err(c));
-        assert!(!p.checkout().expect("first").retire);
+        assert!(!p.checkout().expect("first").last);
         checkin(&mut p, 0, Outcome::Done, now);
-        assert!(p.checkout().expect("second").retire);
+        assert!(p.checkout().expect("second").last);
     }
 
     #[test]
     fn a_worker_is_retired_after_its_request_budget() {
         let now = Instant::now();
-        let mut p = pool(8, 2);
+        let mut p = pool(8, 20);
         join(&mut p, 0, None, now);
-        assert!(!p.checkout().expect("first").retire);
-        checkin(&mut p, 0, Outcome::Done, now);
-        assert!(p.checkout().expect("second").retire);
-        let (newly, _) = checkin(&mut p, 0, Outcome::Done, now);
-        assert!(!newly, "the replacement was asked for at checkout");
-        assert_eq!(take(&mut p), None);
+        let mut replace_asked = Vec::new();
+        for n in 1..=20 {
+            let c = p.checkout().expect("within the budget");
+            if c.replace {
+                replace_asked.push(n);
+            }
+            assert_eq!(c.last, n == 20);
+            let (newly, _) = checkin(&mut p, 0, Outcome::Done, now);
+            assert!(!newly);
+        }
+        // The replacement is asked for with a tenth of the budget left.
+        assert_eq!(replace_asked, vec![18]);
+        assert_eq!(take(&mut p), None, "nothing past the budget");
         // Still counted until it quits, so /status does not flap.
         assert_eq!(p.stats().workers, 1);
         p.leave(0);
@@ -601,9 +639,9 @@ mod tests {
             loop {
                 let c = p.checkout().expect("worker");
                 served += 1;
-                let retire = c.retire;
+                let last = c.last;
                 checkin(&mut p, c.id, Outcome::Done, now);
-                if retire {
+                if last {
                     break;
                 }
             }
@@ -657,9 +695,11 @@ mod tests {
         take(&mut p);
         p.leave(0);
         assert_eq!(p.stats().workers, 0);
+        assert!(p.in_flight(0), "it finishes its request first");
         p.enqueue("w", now + Duration::from_secs(1));
-        let (_, got) = checkin(&mut p, 0, Outcome::Done, now);
-        assert!(got.is_empty());
+        let drained = p.checkin(0, None, Outcome::Done, now, |_, c| Err(c));
+        assert_eq!(drained, Checkin::Drained);
+        assert!(!p.in_flight(0));
         assert_eq!(take(&mut p), None);
     }
 

@@ -129,9 +129,12 @@ async fn join_until(ctl: &Path, join: &Message, deadline: Instant) -> Result<(),
     }
 }
 
+/// Quits the LB. It answers once our request in flight, if any, is done,
+/// so the app is stopped only with nothing of the LB's on its connection.
 async fn quit(config: &Config, id: WorkerId) {
     let quit = Message::Quit { worker_id: id };
-    if let Err(why) = control::send(&config.paths.ctl(), &quit, CONTROL_TIMEOUT).await {
+    let limit = config.shutdown_timeout + CONTROL_TIMEOUT;
+    if let Err(why) = control::send(&config.paths.ctl(), &quit, limit).await {
         // The LB may be gone already (server stopping); the manager tells a
         // live LB about dead workers anyway.
         tracing::debug!("quit: {why}");
