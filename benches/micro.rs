@@ -1,5 +1,5 @@
 //! Micro benchmarks of the LB's own code on the request path: the pool's
-//! dispatch and release, the queue, and header normalization.
+//! dispatch and release, the queue, and parsing and rewriting heads.
 //!
 //!     cargo bench --bench micro
 
@@ -8,8 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use rip_server::lb::headers;
+use rip_server::lb::http1;
 use rip_server::lb::pool::{Outcome, Pool};
 
 type BenchPool = Pool<(), u64>;
@@ -73,57 +72,29 @@ fn pool(c: &mut Criterion) {
     });
 }
 
-fn typical_request() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in [
-        ("host", "example.com"),
-        (
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
-        ),
-        ("accept", "text/html,application/xhtml+xml"),
-        ("accept-encoding", "gzip, deflate, br"),
-        ("accept-language", "en-US,en;q=0.9"),
-        ("connection", "keep-alive"),
-        ("cookie", "session=abc123; theme=dark"),
-    ] {
-        h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
-    }
-    h
-}
+const REQUEST: &[u8] = b"GET /api/items?page=2 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36\r\nAccept: text/html,application/xhtml+xml\r\nAccept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\nConnection: keep-alive\r\nCookie: session=abc123; theme=dark\r\n\r\n";
 
-fn typical_response() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in [
-        ("content-type", "text/plain;charset=utf-8"),
-        ("content-length", "4"),
-        ("date", "Sat, 28 Nov 2026 12:00:00 GMT"),
-        ("cache-control", "no-store"),
-    ] {
-        h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
-    }
-    h
-}
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain;charset=utf-8\r\nContent-Length: 4\r\nDate: Sat, 28 Nov 2026 12:00:00 GMT\r\nCache-Control: no-store\r\n\r\npong";
 
-fn header_normalization(c: &mut Criterion) {
-    let request = typical_request();
+fn heads(c: &mut Criterion) {
     let client = Some("127.0.0.1".parse().expect("ip"));
-    c.bench_function("headers: request", |b| {
-        b.iter_batched_ref(
-            || request.clone(),
-            |h| headers::request(black_box(h), client),
-            criterion::BatchSize::SmallInput,
-        )
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("http1: parse and rewrite a request head", |b| {
+        b.iter(|| black_box(http1::parse_request(black_box(REQUEST), client, &mut out)))
     });
-    let response = typical_response();
-    c.bench_function("headers: response", |b| {
-        b.iter_batched_ref(
-            || response.clone(),
-            |h| black_box(headers::response(black_box(h))),
-            criterion::BatchSize::SmallInput,
-        )
+    c.bench_function("http1: parse and rewrite a response head", |b| {
+        b.iter(|| {
+            black_box(http1::parse_response(
+                black_box(RESPONSE),
+                false,
+                false,
+                false,
+                b"Sat, 28 Nov 2026 12:00:00 GMT",
+                &mut out,
+            ))
+        })
     });
 }
 
-criterion_group!(benches, pool, header_normalization);
+criterion_group!(benches, pool, heads);
 criterion_main!(benches);

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::pool::{Checkin, Checkout, Enqueue, Outcome, Pool, Stats, WorkerId};
-use super::upstream::{Conn, Outgoing};
+use super::upstream::Upstream;
 use crate::link::LinkMsg;
 
 pub type Waiter<C> = oneshot::Sender<Checkout<C>>;
@@ -38,7 +38,7 @@ pub struct Scheduler<C> {
     manager: mpsc::UnboundedSender<LinkMsg>,
 }
 
-pub type Balancer = Scheduler<Conn<Outgoing>>;
+pub type Balancer = Scheduler<Upstream>;
 
 impl<C> Scheduler<C> {
     pub fn new(
@@ -125,16 +125,17 @@ impl<C> Scheduler<C> {
         }
     }
 
-    fn checkin(&self, id: WorkerId, conn: Option<C>, outcome: Outcome) {
+    fn checkin(&self, id: WorkerId, conn: Option<C>, outcome: Outcome) -> Checkin {
         let now = Instant::now().into_std();
         let checkin = self.pool().checkin(id, conn, outcome, now, deliver);
         match checkin {
-            Checkin::Done => {}
+            Checkin::Done | Checkin::HandedOver => {}
             Checkin::Retired => {
                 let _ = self.manager.send(LinkMsg::Retire { id });
             }
             Checkin::Drained => self.drained.notify_waiters(),
         }
+        checkin
     }
 
     /// Waits (up to `limit`) until worker `id`, which quit, has no request
@@ -209,10 +210,11 @@ impl<C> Lease<C> {
     }
 
     /// The exchange is over and the app is free: park `conn` with the
-    /// worker and give it to the next request.
-    pub fn release(mut self, conn: Option<C>) {
+    /// worker and give it to the next request. True if a waiting request
+    /// got it.
+    pub fn release(mut self, conn: Option<C>) -> bool {
         self.finished = true;
-        self.scheduler.checkin(self.id, conn, Outcome::Done);
+        self.scheduler.checkin(self.id, conn, Outcome::Done) == Checkin::HandedOver
     }
 
     /// The app answered busy (it serves someone else): the worker goes to

@@ -6,17 +6,17 @@
 //! nothing (PERF-NOTES: "spurious wake-ups on unix sockets"). A [`Socket`]
 //! writes straight away and asks for write readiness (on a duplicate of the
 //! descriptor, registered for that alone) only while a write is blocked.
+//!
+//! Reads and writes take `&self`, so one task can stream a request body to
+//! a worker while it relays the worker's response.
 
 use std::io::{self, IoSlice};
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::Mutex;
 
-use hyper::rt::ReadBufCursor;
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -28,18 +28,18 @@ fn register<T: AsRawFd>(owned: T, interest: Interest) -> io::Result<AsyncFd<T>> 
 }
 
 pub struct Socket {
-    read: AsyncFd<OwnedFd>,
+    fd: AsyncFd<OwnedFd>,
     /// Registered for write readiness while writes block; dropped (and so
     /// deregistered) once a write goes through whole again.
-    write: Option<AsyncFd<OwnedFd>>,
+    blocked: Mutex<Option<AsyncFd<OwnedFd>>>,
 }
 
 impl Socket {
     /// Wraps a connected, non-blocking stream socket.
     pub fn new(fd: OwnedFd) -> io::Result<Socket> {
         Ok(Socket {
-            read: register(fd, Interest::READABLE)?,
-            write: None,
+            fd: register(fd, Interest::READABLE)?,
+            blocked: Mutex::new(None),
         })
     }
 
@@ -57,54 +57,22 @@ impl Socket {
         Socket::new(fd)
     }
 
-    fn write_with(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut write: impl FnMut(&OwnedFd) -> io::Result<usize>,
-        whole: usize,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            match write(self.read.get_ref()) {
-                Ok(n) => {
-                    if n == whole {
-                        self.write = None;
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.write.is_none() {
-                        let dup = self.read.get_ref().try_clone()?;
-                        self.write = Some(register(dup, Interest::WRITABLE)?);
-                    }
-                    let waiting = self.write.as_mut().expect("set above");
-                    let mut guard = ready!(waiting.poll_write_ready(cx))?;
-                    guard.clear_ready();
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+    /// Reads what is there (at least one byte, or 0 at the end) into the
+    /// spare room of `buf`, making room for up to `want` bytes.
+    pub async fn read_into(&self, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want);
         }
-    }
-}
-
-impl hyper::rt::Read for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
         loop {
-            let mut guard = ready!(this.read.poll_read_ready(cx))?;
-            // SAFETY: read(2) only writes into the unfilled part, and the
-            // cursor advances by exactly what it wrote.
-            let unfilled: &mut [MaybeUninit<u8>] = unsafe { buf.as_mut() };
-            let len = unfilled.len();
-            // SAFETY: `unfilled` is valid for `len` bytes of writes.
+            let mut guard = self.fd.readable().await?;
+            let spare = buf.spare_capacity_mut();
+            let len = spare.len();
+            // SAFETY: read(2) writes at most `len` bytes into the spare
+            // capacity; `set_len` below covers exactly what it wrote.
             let n = unsafe {
                 nix::libc::read(
-                    guard.get_inner().as_raw_fd(),
-                    unfilled.as_mut_ptr().cast(),
+                    self.fd.get_ref().as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
                     len,
                 )
             };
@@ -113,7 +81,7 @@ impl hyper::rt::Read for Socket {
                 match e.kind() {
                     io::ErrorKind::WouldBlock => guard.clear_ready(),
                     io::ErrorKind::Interrupted => {}
-                    _ => return Poll::Ready(Err(e)),
+                    _ => return Err(e),
                 }
                 continue;
             }
@@ -124,51 +92,123 @@ impl hyper::rt::Read for Socket {
                 guard.clear_ready();
             }
             // SAFETY: read(2) initialized these `n` bytes.
-            unsafe { buf.advance(n) };
-            return Poll::Ready(Ok(()));
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
         }
+    }
+
+    /// Writes all of `parts`, in order.
+    pub async fn write_all(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p))
+            .collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match nix::sys::uio::writev(self.fd.get_ref().as_fd(), slices) {
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => self.wait_writable().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if self.is_blocked() {
+            *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        Ok(())
+    }
+
+    fn is_blocked(&self) -> bool {
+        self.blocked.lock().map(|b| b.is_some()).unwrap_or(false)
+    }
+
+    /// Waits until the socket takes more bytes, registering for write
+    /// readiness for as long as writes block. (One task writes a socket at a
+    /// time, so the registration is taken out while it is waited on.)
+    async fn wait_writable(&self) -> io::Result<()> {
+        let parked = self
+            .blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let registration = match parked {
+            Some(registration) => registration,
+            None => register(self.fd.get_ref().try_clone()?, Interest::WRITABLE)?,
+        };
+        let ready = registration
+            .writable()
+            .await
+            .map(|mut guard| guard.clear_ready());
+        *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = Some(registration);
+        ready
+    }
+
+    /// Whether a parked connection was closed (or sent something) while it
+    /// sat idle. Costs a syscall only if the socket was signalled readable.
+    pub fn stale(&self) -> bool {
+        use futures_lite_poll::poll_once;
+        match poll_once(self.fd.readable()) {
+            None => false,
+            Some(Err(_)) => true,
+            Some(Ok(mut guard)) => {
+                let mut byte = [0u8; 1];
+                match socket::recv(
+                    self.fd.get_ref().as_raw_fd(),
+                    &mut byte,
+                    MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+                ) {
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        guard.clear_ready();
+                        false
+                    }
+                    // EOF, an error, or bytes nobody asked for.
+                    _ => true,
+                }
+            }
+        }
+    }
+
+    /// Waits until the peer has closed its end (EOF), ignoring (but not
+    /// consuming) data it sends meanwhile: a pipelined request is not a close.
+    pub async fn closed(&self) {
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return;
+            };
+            let mut byte = [0u8; 1];
+            match socket::recv(
+                self.fd.get_ref().as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return,
+                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                Err(_) => return,
+                // Data is waiting (a pipelined request): nothing more to
+                // learn here until the exchange reads it.
+                Ok(_) => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    pub fn shutdown_write(&self) {
+        let _ = socket::shutdown(self.fd.get_ref().as_raw_fd(), socket::Shutdown::Write);
     }
 }
 
-impl hyper::rt::Write for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let whole = buf.len();
-        self.get_mut().write_with(
-            cx,
-            |fd| nix::unistd::write(fd, buf).map_err(io::Error::from),
-            whole,
-        )
-    }
+/// Polls a future once, without a real waker: `Some` if it was ready.
+mod futures_lite_poll {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let whole = bufs.iter().map(|b| b.len()).sum();
-        self.get_mut().write_with(
-            cx,
-            |fd| nix::sys::uio::writev(fd.as_fd(), bufs).map_err(io::Error::from),
-            whole,
-        )
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match socket::shutdown(self.read.get_ref().as_raw_fd(), socket::Shutdown::Write) {
-            Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(e.into())),
+    pub fn poll_once<F: Future>(future: F) -> Option<F::Output> {
+        let mut future = pin!(future);
+        let mut cx = Context::from_waker(Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
         }
     }
 }

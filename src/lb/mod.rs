@@ -3,36 +3,31 @@
 //!
 //! - [`pool`]: the scheduling core (LIFO idle stack, FIFO queue, deadlines).
 //! - [`balancer`]: the async layer around it (waiting, leases).
+//! - [`client`]: one client connection, request after request.
 //! - [`proxy`]: one request through the LB, to a worker and back.
+//! - [`http1`]: request and response heads, body framing (no I/O).
 //! - [`upstream`]: the kept-alive connections to worker sockets.
-//! - [`headers`]: hop-by-hop and internal header handling.
+//! - [`io`]: sockets registered for read readiness only.
 //! - [`control`]: the join/quit server on the control socket.
 //! - [`access_log`]: the access log writer.
 
 pub mod access_log;
 pub mod balancer;
+pub mod client;
 pub mod control;
-pub mod headers;
+pub mod http1;
 pub mod io;
+mod memory;
 pub mod pool;
 pub mod proxy;
 pub mod upstream;
 
-use std::convert::Infallible;
-use std::net::IpAddr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioTimer;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::Method;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -46,10 +41,9 @@ use crate::Failure;
 
 use access_log::AccessLog;
 use balancer::Balancer;
-use proxy::{Proxy, ProxyBody};
-
-/// How long a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+use client::OwnRoute;
+use http1::RequestHead;
+use proxy::Proxy;
 
 pub fn run(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failure> {
     raise_open_files_limit();
@@ -113,7 +107,6 @@ async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), F
         proxy: Proxy {
             balancer: balancer.clone(),
             log: log.clone(),
-            connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             max_attempts: config.workers + 1,
         },
@@ -155,11 +148,9 @@ async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), F
 
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| Failure::fatal(format!("cannot install signal handlers: {e}")))?;
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .keep_alive(true);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let memory = memory::Connections::default();
+    tokio::spawn(memory.clone().trim_after_bursts());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -172,16 +163,11 @@ async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), F
                         continue;
                     }
                 };
-                let lb = lb.clone();
-                let client = Some(peer.ip());
-                let service = service_fn(move |req| {
-                    let lb = lb.clone();
-                    async move { Ok::<_, Infallible>(lb.route(req, client).await) }
-                });
-                let conn = http.serve_connection(stream, service);
-                let conn = graceful.watch(conn);
+                let open = memory.open();
+                let (lb, stop) = (lb.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    client::serve(lb, stream, peer, stop).await;
+                    drop(open);
                 });
             }
             _ = term.recv() => break,
@@ -191,10 +177,10 @@ async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), F
             }
         }
     }
-    // Stop accepting; finish what is in flight and queued.
+    // Stop accepting; finish what is in flight and queued, close the idle.
     drop(listener);
-    let shutdown = tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await;
-    if shutdown.is_err() {
+    let _ = stop_tx.send(true);
+    if !memory.wait_closed(config.shutdown_timeout).await {
         warn!("requests still in flight after the shutdown timeout; closing them");
     }
     log.flush();
@@ -222,19 +208,25 @@ fn bind_control(path: &std::path::Path) -> Result<UnixListener, Failure> {
 }
 
 impl Lb {
-    async fn route(&self, req: Request<Incoming>, client: Option<IpAddr>) -> Response<ProxyBody> {
-        let received = Instant::now();
-        if matches!(*req.method(), Method::GET | Method::HEAD) {
-            match req.uri().path() {
-                "/server" => return own(StatusCode::OK, "text/plain", Bytes::from_static(b"ok")),
-                "/status" => return own(StatusCode::OK, "application/json", self.status()),
-                _ => {}
-            }
+    /// The LB's own routes: `GET /server` and `GET /status` (and HEAD).
+    fn route(&self, head: &RequestHead, buf: &[u8]) -> Option<OwnRoute> {
+        if !matches!(head.method, Method::GET | Method::HEAD) {
+            return None;
         }
-        self.proxy.forward(req, client, received).await
+        match head.path(buf) {
+            "/server" => Some(OwnRoute {
+                content_type: "text/plain",
+                body: b"ok".to_vec(),
+            }),
+            "/status" => Some(OwnRoute {
+                content_type: "application/json",
+                body: self.status(),
+            }),
+            _ => None,
+        }
     }
 
-    fn status(&self) -> Bytes {
+    fn status(&self) -> Vec<u8> {
         let stats = self.proxy.balancer.stats();
         let healthy = stats.workers >= self.workers;
         let body = serde_json::json!({
@@ -249,15 +241,6 @@ impl Lb {
             "ports": { "http": self.port },
             "uptime": self.started.elapsed().as_secs(),
         });
-        Bytes::from(body.to_string())
+        body.to_string().into_bytes()
     }
-}
-
-fn own(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::Own(Full::new(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
 }

@@ -57,6 +57,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checkin {
     Done,
+    /// The worker went straight to a waiting request.
+    HandedOver,
     /// The worker was retired just now (abandoned): replace it.
     Retired,
     /// The worker had quit while busy and is now gone: its quit may return.
@@ -300,8 +302,8 @@ impl<C, W> Pool<C, W> {
         if self.eligible(id) {
             if outcome == Outcome::Busy && self.queue.is_empty() {
                 self.idle.insert(0, id);
-            } else {
-                self.hand_over(id, now, deliver);
+            } else if self.hand_over(id, now, deliver) {
+                return Checkin::HandedOver;
             }
         }
         Checkin::Done
@@ -398,13 +400,13 @@ impl<C, W> Pool<C, W> {
     }
 
     /// Hands an eligible, unstacked worker to the oldest waiter whose
-    /// deadline has not passed, or pushes it on the idle stack.
+    /// deadline has not passed (true), or pushes it on the idle stack.
     fn hand_over(
         &mut self,
         id: WorkerId,
         now: Instant,
         mut deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
-    ) {
+    ) -> bool {
         while let Some(waiter) = self.queue.pop_front() {
             if waiter.deadline <= now {
                 // Its timer is answering 504 right now; dropping the waiter
@@ -413,15 +415,16 @@ impl<C, W> Pool<C, W> {
             }
             let checkout = self.check_out(id);
             match deliver(waiter.waiter, checkout) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(checkout) => {
                     if self.undo(checkout).is_none() || !self.eligible(id) {
-                        return;
+                        return false;
                     }
                 }
             }
         }
         self.idle.push(id);
+        false
     }
 }
 

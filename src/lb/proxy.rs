@@ -1,394 +1,778 @@
-//! One request through the LB: pick a worker, forward over its kept-alive
-//! connection, stream the response back, and free the worker when the
-//! response body is done (DESIGN §5).
+//! One request through the LB: pick a worker, forward the request over the
+//! worker's kept-alive connection, relay the response, and free the worker
+//! when its response has been passed on (DESIGN §5).
 //!
-//! A request is sent again to another worker only when no app can have
-//! seen it: the connection could not be made, the connection refused it
-//! before a byte was written, or the app answered busy (`Rip-Worker-Busy`)
-//! to a bodiless request. Anything else that goes wrong after sending is
-//! answered here (`502`, `504`) and the worker is retired.
+//! The request body streams to the worker while the response streams back,
+//! in one task, each through a bounded buffer. A request is sent to another
+//! worker only when no app can have seen it: the worker's socket could not
+//! be reached or refused the bytes, or the app answered busy
+//! (`Rip-Worker-Busy`) to a bodiless request. Anything else that goes wrong
+//! once the request is out is answered here (`502`, `504`) and the worker
+//! is retired: its app may still be busy with the request.
 
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::access_log::{AccessLog, Entry};
 use super::balancer::{Balancer, Lease, Reject};
-use super::headers;
-use super::upstream::{self, Conn, Outgoing};
+use super::http1::{self, Chunked, DateCache, Framing, Own, Parsed, Relay, RequestHead};
+use super::io::Socket;
+use super::upstream::Upstream;
+
+/// Read size while a head is incomplete.
+pub const HEAD_CHUNK: usize = 4096;
+/// Read size while a body streams.
+pub const BODY_CHUNK: usize = 64 * 1024;
+/// Buffers grown past this for a large body are shrunk back after it.
+pub const KEEP_CAPACITY: usize = 16 * 1024;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What the request path needs from the LB.
 pub struct Proxy {
     pub balancer: Arc<Balancer>,
     pub log: AccessLog,
-    pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// Workers tried for one request before giving up with 503.
     pub max_attempts: usize,
 }
 
-/// The response body the LB sends: a worker's, relayed, or its own.
-// Boxing the relay would cost an allocation per request to save a move.
-#[allow(clippy::large_enum_variant)]
-pub enum ProxyBody {
-    Relay(Relay),
-    Own(Full<Bytes>),
+/// One client connection's state, kept between its requests.
+pub struct Client {
+    pub socket: Socket,
+    pub peer: Option<IpAddr>,
+    /// Bytes read from the client; the current request's body (after its
+    /// head has been parsed and dropped) comes first.
+    pub buf: Vec<u8>,
+    /// The current request's head as the worker gets it.
+    pub req_head: Vec<u8>,
+    /// The head of the response as the client gets it.
+    pub resp_head: Vec<u8>,
+    pub date: DateCache,
+    /// The current request's path, for the access log.
+    pub path: String,
 }
 
-type WorkerLease = Lease<Conn<Outgoing>>;
-
-/// What a request looked like, for the access log and a resend.
-struct Sent {
-    method: Method,
-    uri: Uri,
-    received: Instant,
-}
-
-/// A bodiless request's head, kept so it can go to another worker after a
-/// busy answer.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(request: &Request<Outgoing>) -> Option<Replay> {
-        request.body().is_end_stream().then(|| Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers: request.headers().clone(),
-        })
+impl Client {
+    pub fn new(socket: Socket, peer: Option<IpAddr>) -> Client {
+        Client {
+            socket,
+            peer,
+            buf: Vec::with_capacity(HEAD_CHUNK),
+            req_head: Vec::new(),
+            resp_head: Vec::new(),
+            date: DateCache::default(),
+            path: String::new(),
+        }
     }
 
-    fn request(self) -> Request<Outgoing> {
-        let mut request = Request::new(Outgoing::empty());
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
-        request
+    /// Sends a complete answer of the LB's own, logged like any other.
+    pub async fn answer(
+        &mut self,
+        log: &AccessLog,
+        head: Option<&RequestHead>,
+        own: Own<'_>,
+        received: Instant,
+    ) -> bool {
+        let date = self.date.now();
+        http1::own_response(&own, date, &mut self.resp_head);
+        let bytes = if head.is_some_and(|h| h.method == hyper::Method::HEAD) {
+            &self.resp_head[..self.resp_head.len() - own.body.len()]
+        } else {
+            &self.resp_head[..]
+        };
+        let sent = self.socket.write_all(&[bytes]).await.is_ok();
+        let method = head.map(|h| h.method.clone()).unwrap_or(hyper::Method::GET);
+        log.log(&Entry {
+            method: &method,
+            path: if head.is_some() { &self.path } else { "-" },
+            status: own.status,
+            content_type: Some(own.content_type),
+            length: own.body.len() as u64,
+            total: received.elapsed(),
+            worker: Duration::ZERO,
+        });
+        sent
+    }
+
+    /// Gives back memory a large body made the buffers grow to.
+    pub fn shrink(&mut self) {
+        for buf in [&mut self.buf, &mut self.resp_head, &mut self.req_head] {
+            if buf.capacity() > KEEP_CAPACITY {
+                buf.shrink_to(HEAD_CHUNK.max(buf.len()));
+            }
+        }
     }
 }
 
-enum Step {
-    Answer(Response<ProxyBody>),
-    /// No app saw the request: try another worker.
-    Retry(Request<Outgoing>),
+/// Whether the client connection goes on after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Where a request body stands: how much is left, or where its chunked
+/// encoding is.
+#[derive(Debug, Clone, Default)]
+struct Body {
+    framing: Option<Framing>,
+    remaining: u64,
+    chunked: Chunked,
+    done: bool,
+}
+
+impl Body {
+    fn new(framing: Framing) -> Body {
+        match framing {
+            Framing::Length(n) => Body {
+                framing: Some(framing),
+                remaining: n,
+                ..Body::default()
+            },
+            Framing::Chunked => Body {
+                framing: Some(framing),
+                ..Body::default()
+            },
+            _ => Body {
+                done: true,
+                ..Body::default()
+            },
+        }
+    }
+
+    /// How many bytes at the start of `input` belong to the body.
+    fn take(&mut self, input: &[u8]) -> Result<usize, &'static str> {
+        if self.done {
+            return Ok(0);
+        }
+        match self.framing {
+            Some(Framing::Chunked) => {
+                let n = self.chunked.feed(input, |_| {})?;
+                self.done = self.chunked.is_done();
+                Ok(n)
+            }
+            _ => {
+                let n = (self.remaining).min(input.len() as u64) as usize;
+                self.remaining -= n as u64;
+                self.done = self.remaining == 0;
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Why the request body stopped.
+enum PumpError {
+    ClientGone,
+    BadChunk,
+    WorkerGone,
+}
+
+/// What came back from the worker.
+enum Answer {
+    /// The app did not take the request (`Rip-Worker-Busy`).
+    Busy,
+    /// No usable response head: `502`.
+    Lost(String),
+    /// No response head in time: `504`.
+    Timeout,
+    /// The response went (or went as far as it could) to the client.
+    Relayed(Relayed),
+}
+
+struct Relayed {
+    status: u16,
+    worker: Duration,
+    bytes: u64,
+    /// The worker's response was read to its end: the app is free.
+    upstream_done: bool,
+    /// The worker's connection may take another request.
+    reusable: bool,
+    /// Everything was written to the client.
+    client_ok: bool,
+    /// The client connection closes after this response.
+    close: bool,
+    /// The app asked to be replaced (`Rip-Worker-Recycle`).
+    recycle: bool,
+    /// The end of the response is in the client's `resp_head`, to be sent
+    /// once the worker has been freed.
+    tail: bool,
+    content_type: Option<String>,
 }
 
 impl Proxy {
-    pub async fn forward(
+    /// Forwards a request whose head has been parsed (and removed from
+    /// `client.buf`) and answers the client. Afterwards `client.buf` holds
+    /// only what followed the request.
+    pub async fn exchange(
         &self,
-        request: Request<Incoming>,
-        client: Option<IpAddr>,
+        client: &mut Client,
+        head: &RequestHead,
         received: Instant,
-    ) -> Response<ProxyBody> {
-        let (mut parts, body) = request.into_parts();
-        headers::request(&mut parts.headers, client);
-        let sent = Sent {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            received,
-        };
-        let mut request = Request::from_parts(parts, Outgoing::new(body));
+        closing: bool,
+    ) -> Next {
+        let body = Body::new(head.body);
+        let has_body = !body.done;
+        let mut close = closing || !head.keep_alive;
         for _ in 0..self.max_attempts {
-            let lease = match self.balancer.acquire().await {
+            let acquired = tokio::select! {
+                acquired = self.balancer.acquire() => acquired,
+                // The client left while queued: nothing is sent anywhere.
+                _ = client.socket.closed() => return Next::Close,
+            };
+            let lease = match acquired {
                 Ok(lease) => lease,
-                Err(Reject::QueueFull) => {
-                    return self.own(&sent, StatusCode::SERVICE_UNAVAILABLE, "Server busy", true)
-                }
-                Err(Reject::QueueTimeout) => {
-                    return self.own(&sent, StatusCode::GATEWAY_TIMEOUT, "Queue timeout", false)
+                Err(reject) => {
+                    let (status, reason, text, retry_after) = match reject {
+                        Reject::QueueFull => (503, "Service Unavailable", "Server busy", true),
+                        Reject::QueueTimeout => (504, "Gateway Timeout", "Queue timeout", false),
+                    };
+                    // An unread body cannot be skipped: the connection ends.
+                    let close = close || has_body;
+                    let own = Own {
+                        retry_after,
+                        ..Own::text(status, reason, text, close)
+                    };
+                    let sent = client.answer(&self.log, Some(head), own, received).await;
+                    return if sent && !close {
+                        Next::KeepAlive
+                    } else {
+                        Next::Close
+                    };
                 }
             };
-            match self.exchange(lease, request, &sent).await {
-                Step::Answer(response) => return response,
-                Step::Retry(back) => request = back,
+            match self
+                .attempt(lease, client, head, body.clone(), received, close)
+                .await
+            {
+                Attempt::Done(next) => return next,
+                Attempt::Retry => {}
+                Attempt::Answer(own) => {
+                    close |= own.close;
+                    let sent = client.answer(&self.log, Some(head), own, received).await;
+                    return if sent && !close {
+                        Next::KeepAlive
+                    } else {
+                        Next::Close
+                    };
+                }
             }
         }
-        self.own(&sent, StatusCode::SERVICE_UNAVAILABLE, "Server busy", true)
-    }
-
-    async fn exchange(
-        &self,
-        mut lease: WorkerLease,
-        request: Request<Outgoing>,
-        sent: &Sent,
-    ) -> Step {
-        let parked = lease.take_conn().filter(|c| !c.is_closed());
-        let reused = parked.is_some();
-        let mut conn = match parked {
-            Some(conn) => conn,
-            None => match upstream::connect(lease.socket(), self.connect_timeout).await {
-                Ok(conn) => conn,
-                Err(e) => return self.unreachable(lease, request, &e.to_string()),
-            },
+        let own = Own {
+            retry_after: true,
+            ..Own::text(503, "Service Unavailable", "Server busy", close || has_body)
         };
-        if conn.ready().await.is_err() {
-            // The app closed the kept-alive connection between requests.
-            conn = match upstream::connect(lease.socket(), self.connect_timeout).await {
-                Ok(conn) => conn,
-                Err(e) => return self.unreachable(lease, request, &e.to_string()),
-            };
-            if let Err(e) = conn.ready().await {
-                return self.unreachable(lease, request, &e.to_string());
-            }
-        }
-        let replay = Replay::of(&request);
-        let dispatched = Instant::now();
-        let answer = tokio::time::timeout(self.read_timeout, conn.try_send_request(request)).await;
-        let response = match answer {
-            Err(_elapsed) => {
-                // The app may still be working on it: the lease is dropped
-                // unfinished, which retires the worker.
-                return Step::Answer(self.own(
-                    sent,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "Upstream timeout",
-                    false,
-                ));
-            }
-            Ok(Err(mut failed)) => match failed.take_message() {
-                // Refused before a byte was written: safe to send elsewhere.
-                Some(request) if reused => {
-                    lease.release(None);
-                    return Step::Retry(request);
-                }
-                Some(request) => {
-                    return self.unreachable(lease, request, &failed.into_error().to_string())
-                }
-                None => {
-                    warn!(
-                        "worker {} lost mid-request: {}",
-                        lease.id(),
-                        failed.into_error()
-                    );
-                    return Step::Answer(self.own(
-                        sent,
-                        StatusCode::BAD_GATEWAY,
-                        "Bad Gateway",
-                        false,
-                    ));
-                }
-            },
-            Ok(Ok(response)) => response,
-        };
-        let worker_time = dispatched.elapsed();
-        let (mut parts, body) = response.into_parts();
-        let signals = headers::response(&mut parts.headers);
-        if signals.busy && parts.status == StatusCode::SERVICE_UNAVAILABLE {
-            // The app did not take the request; its connection still holds
-            // the unread busy answer, so it is not kept.
-            lease.busy(None);
-            return match replay {
-                Some(replay) => Step::Retry(replay.request()),
-                None => Step::Answer(self.own(
-                    sent,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Server busy",
-                    true,
-                )),
-            };
-        }
-        if signals.recycle {
-            lease.retire();
-        }
-        let log = self.log.enabled().then(|| LogLine {
-            log: self.log.clone(),
-            method: sent.method.clone(),
-            uri: sent.uri.clone(),
-            status: parts.status.as_u16(),
-            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-            received: sent.received,
-            worker: worker_time,
-        });
-        let relay = Relay {
-            body,
-            bytes: 0,
-            finish: Some(Finish { lease, conn, log }),
-        };
-        Step::Answer(Response::from_parts(parts, ProxyBody::Relay(relay)))
-    }
-
-    /// The worker's socket cannot be reached: take it out of rotation (the
-    /// manager replaces it) and try another.
-    fn unreachable(&self, lease: WorkerLease, request: Request<Outgoing>, why: &str) -> Step {
-        warn!(
-            "worker {} unreachable at {}: {why}",
-            lease.id(),
-            lease.socket().display()
-        );
-        lease.retire();
-        lease.release(None);
-        Step::Retry(request)
-    }
-
-    /// An answer the LB makes itself, logged.
-    fn own(
-        &self,
-        sent: &Sent,
-        status: StatusCode,
-        text: &'static str,
-        retry_after: bool,
-    ) -> Response<ProxyBody> {
-        own_response(
-            &self.log,
-            &sent.method,
-            &sent.uri,
-            sent.received,
-            status,
-            text,
-            retry_after,
-        )
-    }
-}
-
-/// A plain-text answer of the LB's own, logged like any other.
-pub fn own_response(
-    log: &AccessLog,
-    method: &Method,
-    uri: &Uri,
-    received: Instant,
-    status: StatusCode,
-    text: &'static str,
-    retry_after: bool,
-) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::Own(Full::new(Bytes::from_static(
-        text.as_bytes(),
-    ))));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    if retry_after {
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    log.log(&Entry {
-        method,
-        path: uri.path(),
-        status: status.as_u16(),
-        content_type: headers.get(CONTENT_TYPE),
-        length: text.len() as u64,
-        total: received.elapsed(),
-        worker: Duration::ZERO,
-    });
-    response
-}
-
-/// What the access log line of a relayed response needs.
-struct LogLine {
-    log: AccessLog,
-    method: Method,
-    uri: Uri,
-    status: u16,
-    content_type: Option<HeaderValue>,
-    received: Instant,
-    worker: Duration,
-}
-
-/// Frees the worker when the relayed body ends.
-struct Finish {
-    lease: WorkerLease,
-    conn: Conn<Outgoing>,
-    log: Option<LogLine>,
-}
-
-/// A worker's response body on its way to the client. The worker is
-/// released on the body's last frame — or when hyper drops a body whose
-/// end it has already seen — and abandoned if the body is dropped early.
-pub struct Relay {
-    body: Incoming,
-    bytes: u64,
-    finish: Option<Finish>,
-}
-
-impl Relay {
-    fn finish(&mut self, complete: bool) {
-        let Some(finish) = self.finish.take() else {
-            return;
-        };
-        if complete {
-            finish.lease.release(Some(finish.conn));
+        let close = own.close;
+        let sent = client.answer(&self.log, Some(head), own, received).await;
+        if sent && !close {
+            Next::KeepAlive
         } else {
-            drop(finish.conn);
-            drop(finish.lease); // abandoned: the worker is retired
-        }
-        if let Some(line) = finish.log {
-            line.log.log(&Entry {
-                method: &line.method,
-                path: line.uri.path(),
-                status: line.status,
-                content_type: line.content_type.as_ref(),
-                length: self.bytes,
-                total: line.received.elapsed(),
-                worker: line.worker,
-            });
+            Next::Close
         }
     }
-}
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let complete = self.body.is_end_stream();
-        self.finish(complete);
-    }
-}
+    /// One try with one worker.
+    async fn attempt(
+        &self,
+        mut lease: Lease<Upstream>,
+        client: &mut Client,
+        head: &RequestHead,
+        mut body: Body,
+        received: Instant,
+        close: bool,
+    ) -> Attempt {
+        // The head goes out with whatever of the body is already here.
+        let initial = match body.take(&client.buf) {
+            Ok(n) => n,
+            Err(_) => {
+                lease.release(None);
+                return Attempt::Answer(Own::text(400, "Bad Request", "Bad Request", true));
+            }
+        };
+        let mut upstream = match self
+            .send_head(&mut lease, &client.req_head, &client.buf[..initial])
+            .await
+        {
+            Ok(upstream) => upstream,
+            Err(why) => {
+                warn!(
+                    "worker {} unreachable at {}: {why}",
+                    lease.id(),
+                    lease.socket().display()
+                );
+                lease.retire();
+                lease.release(None);
+                return Attempt::Retry;
+            }
+        };
+        client.buf.drain(..initial);
+        let dispatched = Instant::now();
+        let log = self.log.enabled();
+        let head_request = head.method == hyper::Method::HEAD;
 
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Own(full) => Pin::new(full)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
-            ProxyBody::Relay(relay) => {
-                let polled = Pin::new(&mut relay.body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            relay.bytes += data.len() as u64;
+        let Client {
+            socket: client_socket,
+            buf: client_buf,
+            resp_head,
+            date,
+            ..
+        } = client;
+        let Upstream {
+            socket: upstream_socket,
+            buf: upstream_buf,
+        } = &mut upstream;
+        let respond = respond(
+            &*client_socket,
+            resp_head,
+            date,
+            &*upstream_socket,
+            upstream_buf,
+            Shape {
+                head_request,
+                http10: head.http10,
+                close,
+                log,
+            },
+            dispatched + self.read_timeout,
+        );
+        let answer = if body.done {
+            tokio::select! {
+                answer = respond => answer,
+                // The client left while the app works: the exchange is
+                // abandoned, and the worker with it (its app is busy).
+                _ = client_socket.closed() => return Attempt::Done(Next::Close),
+            }
+        } else {
+            if head.expect_continue && client_socket.write_all(&[CONTINUE]).await.is_err() {
+                return Attempt::Done(Next::Close);
+            }
+            let pump = pump(&*client_socket, client_buf, &mut body, &*upstream_socket);
+            tokio::pin!(pump, respond);
+            let mut pumped = false;
+            loop {
+                tokio::select! {
+                    result = &mut pump, if !pumped => match result {
+                        Ok(()) => pumped = true,
+                        Err(PumpError::ClientGone) => return Attempt::Done(Next::Close),
+                        Err(PumpError::BadChunk) => {
+                            return Attempt::Answer(Own::text(400, "Bad Request", "Bad Request", true));
                         }
-                        if relay.body.is_end_stream() {
-                            relay.finish(true);
-                        }
-                    }
-                    Poll::Ready(None) => relay.finish(true),
-                    Poll::Ready(Some(Err(_))) => relay.finish(false),
-                    Poll::Pending => {}
+                        // The app stopped reading; its answer may still come.
+                        Err(PumpError::WorkerGone) => pumped = true,
+                    },
+                    answer = &mut respond => break answer,
                 }
-                polled
+            }
+        };
+        match answer {
+            Answer::Busy => {
+                // The busy answer is unread on the connection: it goes.
+                lease.busy(None);
+                if body.framing.is_none() {
+                    return Attempt::Retry;
+                }
+                Attempt::Answer(Own {
+                    retry_after: true,
+                    ..Own::text(503, "Service Unavailable", "Server busy", true)
+                })
+            }
+            Answer::Timeout => {
+                drop(lease); // abandoned: retired
+                Attempt::Answer(Own::text(
+                    504,
+                    "Gateway Timeout",
+                    "Upstream timeout",
+                    !body.done,
+                ))
+            }
+            Answer::Lost(why) => {
+                warn!("worker {} lost mid-request: {why}", lease.id());
+                drop(lease); // abandoned: retired
+                Attempt::Answer(Own::text(502, "Bad Gateway", "Bad Gateway", !body.done))
+            }
+            Answer::Relayed(relayed) => {
+                let Relayed {
+                    status,
+                    worker,
+                    bytes,
+                    upstream_done,
+                    reusable,
+                    client_ok,
+                    close: closed,
+                    recycle,
+                    tail,
+                    content_type,
+                } = relayed;
+                if recycle {
+                    lease.retire();
+                }
+                let mut handed_over = false;
+                if upstream_done {
+                    let keep = reusable && body.done && upstream.buf.is_empty();
+                    if keep && upstream.buf.capacity() > KEEP_CAPACITY {
+                        upstream.buf.shrink_to(HEAD_CHUNK);
+                    }
+                    handed_over = lease.release(keep.then_some(upstream));
+                } else {
+                    drop(lease); // abandoned mid-body: retired
+                }
+                let mut client_ok = client_ok;
+                if tail {
+                    if handed_over {
+                        // Let the request that was waiting for this worker
+                        // go first: the app works while we write.
+                        tokio::task::yield_now().await;
+                    }
+                    client_ok &= client.socket.write_all(&[&client.resp_head]).await.is_ok();
+                }
+                self.log.log(&Entry {
+                    method: &head.method,
+                    path: &client.path,
+                    status,
+                    content_type: content_type.as_deref(),
+                    length: bytes,
+                    total: received.elapsed(),
+                    worker,
+                });
+                let next = if client_ok && !closed && body.done {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+                Attempt::Done(next)
             }
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Own(full) => full.is_end_stream(),
-            ProxyBody::Relay(relay) => relay.body.is_end_stream(),
+    /// Writes the request head (and the first of the body) on the worker's
+    /// connection: the parked one if it is still good, else a new one. A
+    /// parked connection found closed is replaced once.
+    async fn send_head(
+        &self,
+        lease: &mut Lease<Upstream>,
+        req_head: &[u8],
+        initial: &[u8],
+    ) -> Result<Upstream, String> {
+        let parked = lease.take_conn().filter(|u| !u.socket.stale());
+        if let Some(upstream) = parked {
+            if upstream
+                .socket
+                .write_all(&[req_head, initial])
+                .await
+                .is_ok()
+            {
+                return Ok(upstream);
+            }
+        }
+        let upstream = Upstream::connect(lease.socket()).map_err(|e| e.to_string())?;
+        upstream
+            .socket
+            .write_all(&[req_head, initial])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(upstream)
+    }
+}
+
+enum Attempt {
+    Done(Next),
+    Retry,
+    Answer(Own<'static>),
+}
+
+/// Streams the rest of the request body from the client to the worker.
+async fn pump(
+    client: &Socket,
+    buf: &mut Vec<u8>,
+    body: &mut Body,
+    upstream: &Socket,
+) -> Result<(), PumpError> {
+    while !body.done {
+        if buf.is_empty() {
+            match client.read_into(buf, BODY_CHUNK).await {
+                Ok(0) | Err(_) => return Err(PumpError::ClientGone),
+                Ok(_) => {}
+            }
+        }
+        let n = body.take(buf).map_err(|_| PumpError::BadChunk)?;
+        upstream
+            .write_all(&[&buf[..n]])
+            .await
+            .map_err(|_| PumpError::WorkerGone)?;
+        buf.drain(..n);
+    }
+    Ok(())
+}
+
+/// What shapes the response the client gets.
+#[derive(Clone, Copy)]
+struct Shape {
+    head_request: bool,
+    http10: bool,
+    close: bool,
+    log: bool,
+}
+
+/// Reads the worker's response head (until `deadline`) and relays the
+/// response to the client.
+async fn respond(
+    client: &Socket,
+    resp_head: &mut Vec<u8>,
+    date: &mut DateCache,
+    upstream: &Socket,
+    buf: &mut Vec<u8>,
+    shape: Shape,
+    deadline: Instant,
+) -> Answer {
+    let started = Instant::now();
+    buf.clear();
+    let (head, relay, close) = loop {
+        let parsed = http1::parse_response(
+            buf,
+            shape.head_request,
+            shape.http10,
+            shape.close,
+            date.now(),
+            resp_head,
+        );
+        match parsed {
+            Err(why) => return Answer::Lost(why.to_string()),
+            Ok((Parsed::Final(head), relay, close)) => break (head, relay, close),
+            Ok((Parsed::Interim(len), ..)) => {
+                buf.drain(..len);
+                continue;
+            }
+            Ok((Parsed::Incomplete, ..)) => {}
+        }
+        match tokio::time::timeout_at(deadline, upstream.read_into(buf, HEAD_CHUNK)).await {
+            Err(_) => return Answer::Timeout,
+            Ok(Ok(0)) => return Answer::Lost("the app closed the connection".into()),
+            Ok(Err(e)) => return Answer::Lost(e.to_string()),
+            Ok(Ok(_)) => {}
+        }
+    };
+    if head.busy {
+        return Answer::Busy;
+    }
+    let worker = started.elapsed();
+    let content_type = match (&head.content_type, shape.log) {
+        (Some(range), true) => std::str::from_utf8(&buf[range.clone()])
+            .ok()
+            .map(str::to_string),
+        _ => None,
+    };
+    let mut relayer = Relayer::new(relay, head.body);
+    let mut pos = head.len;
+    let mut head_pending = true;
+    // Whether `resp_head` holds the end of the response, still to be sent.
+    let mut tail = false;
+    let mut client_ok = true;
+    let mut bytes = 0u64;
+    loop {
+        if relayer.done {
+            break;
+        }
+        if pos < buf.len() {
+            let taken = match relayer.take(&buf[pos..]) {
+                Ok(taken) => taken,
+                Err(why) => {
+                    warn!("bad response body from the app: {why}");
+                    break;
+                }
+            };
+            let piece: &[u8] = if taken.copied {
+                &relayer.scratch
+            } else {
+                &buf[pos..pos + taken.consumed]
+            };
+            bytes += taken.data as u64;
+            pos += taken.consumed;
+            if relayer.done {
+                // The last of the response: it goes out after the worker is
+                // free again, so the next request reaches the app sooner.
+                if !head_pending {
+                    resp_head.clear();
+                }
+                resp_head.extend_from_slice(piece);
+                head_pending = false;
+                tail = true;
+                break;
+            }
+            let head_part: &[u8] = if head_pending { resp_head } else { &[] };
+            head_pending = false;
+            if client.write_all(&[head_part, piece]).await.is_err() {
+                client_ok = false;
+                break;
+            }
+            continue;
+        }
+        // Nothing buffered: the head goes out now if it has not, so a
+        // streamed body's first bytes are not held back.
+        if head_pending {
+            head_pending = false;
+            if client.write_all(&[resp_head]).await.is_err() {
+                client_ok = false;
+                break;
+            }
+        }
+        buf.clear();
+        pos = 0;
+        match upstream.read_into(buf, BODY_CHUNK).await {
+            Ok(0) => match relayer.end() {
+                Ok(tail) => {
+                    if !tail.is_empty() && client.write_all(&[tail]).await.is_err() {
+                        client_ok = false;
+                    }
+                    break;
+                }
+                Err(why) => {
+                    warn!("the app closed the connection {why}");
+                    break;
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                warn!("reading the app's response: {e}");
+                break;
+            }
+        }
+    }
+    if head_pending {
+        // A response without a body: its head is its end.
+        tail = true;
+    }
+    let upstream_done = relayer.done;
+    // Bytes past the end of the response: the connection is not trusted.
+    let clean = pos >= buf.len();
+    buf.clear();
+    Answer::Relayed(Relayed {
+        status: head.status,
+        worker,
+        bytes,
+        upstream_done,
+        reusable: head.reusable && clean && relayer.reusable(),
+        client_ok,
+        close: close || !upstream_done,
+        recycle: head.recycle,
+        tail,
+        content_type,
+    })
+}
+
+/// Turns the worker's body bytes into what the client gets.
+struct Relayer {
+    relay: Relay,
+    remaining: u64,
+    chunked: Chunked,
+    /// Output that is not a plain slice of the input (chunk framing).
+    scratch: Vec<u8>,
+    done: bool,
+}
+
+struct Taken {
+    /// Input bytes used.
+    consumed: usize,
+    /// Body data bytes in them.
+    data: usize,
+    /// The output is in `scratch` rather than the input itself.
+    copied: bool,
+}
+
+impl Relayer {
+    fn new(relay: Relay, framing: Framing) -> Relayer {
+        let remaining = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        Relayer {
+            relay,
+            remaining,
+            chunked: Chunked::default(),
+            scratch: Vec::new(),
+            done: relay == Relay::None,
         }
     }
 
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Own(full) => full.size_hint(),
-            ProxyBody::Relay(relay) => relay.body.size_hint(),
+    fn reusable(&self) -> bool {
+        !matches!(self.relay, Relay::Chunk | Relay::UntilClose)
+    }
+
+    fn take(&mut self, input: &[u8]) -> Result<Taken, &'static str> {
+        match self.relay {
+            Relay::None => Ok(Taken {
+                consumed: 0,
+                data: 0,
+                copied: false,
+            }),
+            Relay::Pass(Framing::Chunked) => {
+                let mut data = 0;
+                let consumed = self.chunked.feed(input, |r| data += r.len())?;
+                self.done = self.chunked.is_done();
+                Ok(Taken {
+                    consumed,
+                    data,
+                    copied: false,
+                })
+            }
+            Relay::Pass(_) => {
+                let n = self.remaining.min(input.len() as u64) as usize;
+                self.remaining -= n as u64;
+                self.done = self.remaining == 0;
+                Ok(Taken {
+                    consumed: n,
+                    data: n,
+                    copied: false,
+                })
+            }
+            Relay::Dechunk => {
+                self.scratch.clear();
+                let scratch = &mut self.scratch;
+                let consumed = self
+                    .chunked
+                    .feed(input, |r| scratch.extend_from_slice(&input[r]))?;
+                self.done = self.chunked.is_done();
+                Ok(Taken {
+                    consumed,
+                    data: self.scratch.len(),
+                    copied: true,
+                })
+            }
+            Relay::Chunk => {
+                self.scratch.clear();
+                http1::chunk_header(input.len(), &mut self.scratch);
+                self.scratch.extend_from_slice(input);
+                self.scratch.extend_from_slice(b"\r\n");
+                Ok(Taken {
+                    consumed: input.len(),
+                    data: input.len(),
+                    copied: true,
+                })
+            }
+            Relay::UntilClose => Ok(Taken {
+                consumed: input.len(),
+                data: input.len(),
+                copied: false,
+            }),
+        }
+    }
+
+    /// The worker closed the connection: the end of the body, or an error.
+    fn end(&mut self) -> Result<&'static [u8], &'static str> {
+        match self.relay {
+            Relay::Chunk => {
+                self.done = true;
+                Ok(b"0\r\n\r\n")
+            }
+            Relay::UntilClose | Relay::None => {
+                self.done = true;
+                Ok(b"")
+            }
+            _ => Err("mid-body"),
         }
     }
 }

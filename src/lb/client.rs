@@ -1,0 +1,135 @@
+//! One client connection: read a request head, answer it (the LB's own
+//! routes, a refusal, or through a worker), and go on while the connection
+//! is kept alive.
+//!
+//! A connection waits at most [`IDLE_TIMEOUT`] for a next request and
+//! [`HEADER_TIMEOUT`] from a request's first byte to the end of its head
+//! (a slowloris client is cut off); once the LB is stopping, an idle
+//! connection closes and a busy one closes after its response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::http1::{self, HeadError, Own, RequestHead};
+use super::io::Socket;
+use super::proxy::{Client, Next, HEAD_CHUNK};
+use super::Lb;
+
+/// How long a kept-alive connection may sit idle between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take to send a request head, from its first byte.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn serve(
+    lb: Arc<Lb>,
+    socket: Socket,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut client = Client::new(socket, Some(peer.ip()));
+    loop {
+        let head = match read_head(&mut client, &mut stop).await {
+            Some(Ok(head)) => head,
+            Some(Err(refused)) => {
+                let (status, reason) = refused.status();
+                let own = Own::text(status, reason, reason, true);
+                client.path.clear();
+                client
+                    .answer(&lb.proxy.log, None, own, Instant::now())
+                    .await;
+                break;
+            }
+            None => break,
+        };
+        let received = Instant::now();
+        if lb.proxy.log.enabled() {
+            client.path.clear();
+            client.path.push_str(head.path(&client.buf));
+        }
+        let route = lb.route(&head, &client.buf);
+        client.buf.drain(..head.len);
+        let closing = *stop.borrow();
+        let next = match route {
+            Some(own) => {
+                // A body sent to the LB's own routes is not read: close.
+                let close = closing || !head.keep_alive || head.body != http1::Framing::None;
+                let own = Own {
+                    close,
+                    ..own.as_own()
+                };
+                if client
+                    .answer(&lb.proxy.log, Some(&head), own, received)
+                    .await
+                    && !close
+                {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                }
+            }
+            None => {
+                lb.proxy
+                    .exchange(&mut client, &head, received, closing)
+                    .await
+            }
+        };
+        if next == Next::Close || *stop.borrow() {
+            break;
+        }
+        client.shrink();
+    }
+    client.socket.shutdown_write();
+}
+
+/// Reads until a whole request head is buffered. None: the connection
+/// ended, timed out, or the LB is stopping while it was idle.
+async fn read_head(
+    client: &mut Client,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Result<RequestHead, HeadError>> {
+    let idle_deadline = Instant::now() + IDLE_TIMEOUT;
+    let mut head_deadline = None;
+    loop {
+        if !client.buf.is_empty() {
+            match http1::parse_request(&client.buf, client.peer, &mut client.req_head) {
+                Ok(Some(head)) => return Some(Ok(head)),
+                Ok(None) => {}
+                Err(refused) => return Some(Err(refused)),
+            }
+            head_deadline.get_or_insert(Instant::now() + HEADER_TIMEOUT);
+        }
+        let deadline = head_deadline.unwrap_or(idle_deadline);
+        let idle = client.buf.is_empty();
+        tokio::select! {
+            read = client.socket.read_into(&mut client.buf, HEAD_CHUNK) => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
+            _ = tokio::time::sleep_until(deadline) => return None,
+            _ = stop.changed(), if idle => return None,
+        }
+    }
+}
+
+/// An answer the LB owns, by route.
+pub struct OwnRoute {
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl OwnRoute {
+    fn as_own(&self) -> Own<'_> {
+        Own {
+            status: 200,
+            reason: "OK",
+            content_type: self.content_type,
+            body: &self.body,
+            close: false,
+            retry_after: false,
+        }
+    }
+}
