@@ -3,9 +3,11 @@
 
 For each app it starts these targets once (they stay up across repeats):
 
-  rip      rip-server <app> http:0 w:2 --no-access-log --hot-reload=none
-           (rip-server's defaults otherwise, so r:10000 recycling is on;
-           --rip-args "r:0" turns it off)
+  rip      rip-server <app> http:0 w:2 r:0 --no-access-log --hot-reload=none
+           like for like with HAProxy, which logs nothing, reloads nothing
+           and never replaces an app process; rip-server's defaults
+           otherwise. `--rip-args r:10000` measures the default recycling
+           (at ping speed that replaces a worker every second or so).
   haproxy  HAProxy (nbthread 1, balance leastconn, maxconn 1 per server,
            http-reuse always, rip-server's default timeouts) in front of 2 app
            processes run by rip-server's loader (src/apps/loader.mjs) on unix
@@ -755,7 +757,8 @@ def parse_args():
     parser.add_argument("--warmup", type=int, help="seconds of unmeasured load per target at start (default 1)")
     parser.add_argument("--client", choices=("wrk", "python"),
                         help="load generator (default wrk if installed, else the built-in Python client)")
-    parser.add_argument("--rip-args", default="", help='extra rip-server tokens, e.g. "r:0"')
+    parser.add_argument("--rip-args", default="r:0",
+                        help='rip-server tokens and flags added to the command line (default "r:0")')
     parser.add_argument("--c1000-rss", action="store_true",
                         help="after the runs, print rip-server's LB RSS after c=64 and c=1000")
     args = parser.parse_args()

@@ -113,6 +113,10 @@ pub struct Options {
     )]
     pub boot_timeout_ms: u64,
 
+    /// Threads of the load balancer's runtime (1: a single-threaded event loop, the fastest here)
+    #[arg(long, env = "RIP_LB_THREADS", value_name = "N", default_value_t = 1)]
+    pub lb_threads: usize,
+
     /// Write access log lines as JSON
     #[arg(long = "json-logging", visible_alias = "json")]
     pub json_logging: bool,
@@ -382,6 +386,7 @@ mod tests {
             "--json",
             "--no-access-log",
             "--max-requests-jitter=3",
+            "--lb-threads=2",
             "--hot-reload=process",
             "--queue-timeout-ms=123",
             "--socket-dir=/tmp",

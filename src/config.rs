@@ -58,6 +58,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub boot_timeout: Duration,
     pub access_log: AccessLog,
+    /// Threads of the LB's runtime; 1 = a current-thread runtime.
+    pub lb_threads: usize,
     pub variant: String,
     pub paths: Paths,
 }
@@ -156,6 +158,7 @@ impl Config {
             ("--connect-timeout-ms", options.connect_timeout_ms),
             ("--read-timeout-ms", options.read_timeout_ms),
             ("--boot-timeout-ms", options.boot_timeout_ms),
+            ("--lb-threads", options.lb_threads as u64),
         ] {
             if ms == 0 {
                 return Err(format!("{flag}=0: must be at least 1"));
@@ -177,6 +180,7 @@ impl Config {
             shutdown_timeout: Duration::from_millis(options.shutdown_timeout_ms),
             boot_timeout: Duration::from_millis(options.boot_timeout_ms),
             access_log,
+            lb_threads: options.lb_threads,
             variant: options.variant.clone(),
             paths,
         })
@@ -201,6 +205,7 @@ impl Config {
             format!("--read-timeout-ms={}", ms(self.read_timeout)),
             format!("--shutdown-timeout-ms={}", ms(self.shutdown_timeout)),
             format!("--boot-timeout-ms={}", ms(self.boot_timeout)),
+            format!("--lb-threads={}", self.lb_threads),
             format!("--variant={}", self.variant),
             format!("--socket-prefix={}", self.paths.prefix()),
             format!("--socket-dir={}", self.paths.dir().display()),

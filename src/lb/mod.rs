@@ -47,7 +47,17 @@ use proxy::Proxy;
 
 pub fn run(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failure> {
     raise_open_files_limit();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // One thread by default: on 2 cores shared with the apps (and a load
+    // generator), a second runtime thread costs more in cross-thread
+    // wake-ups than it gains (PERF-NOTES; README "Performance").
+    let mut builder = if config.lb_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.lb_threads);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
