@@ -27,6 +27,9 @@ fn register<T: AsRawFd>(owned: T, interest: Interest) -> io::Result<AsyncFd<T>> 
     Ok(unsafe { AsyncFd::register_with_interest(owned, interest) }?)
 }
 
+/// The most pieces one [`Socket::write_all`] takes.
+pub const MAX_PARTS: usize = 4;
+
 pub struct Socket {
     fd: AsyncFd<OwnedFd>,
     /// Registered for write readiness while writes block; dropped (and so
@@ -97,14 +100,17 @@ impl Socket {
         }
     }
 
-    /// Writes all of `parts`, in order.
+    /// Writes all of `parts` (at most [`MAX_PARTS`]), in order, with as
+    /// few system calls as the socket allows (one, usually).
     pub async fn write_all(&self, parts: &[&[u8]]) -> io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = parts
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| IoSlice::new(p))
-            .collect();
-        let mut slices = &mut slices[..];
+        debug_assert!(parts.len() <= MAX_PARTS);
+        let mut storage = [IoSlice::new(&[]); MAX_PARTS];
+        let mut count = 0;
+        for part in parts.iter().filter(|p| !p.is_empty()).take(MAX_PARTS) {
+            storage[count] = IoSlice::new(part);
+            count += 1;
+        }
+        let mut slices = &mut storage[..count];
         while !slices.is_empty() {
             match nix::sys::uio::writev(self.fd.get_ref().as_fd(), slices) {
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
