@@ -40,6 +40,27 @@ Examples:
   rip-server builtin:hello http:8080
   rip-server --stop examples/hello";
 
+/// A byte count: digits with an optional K, M or G (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let scale: u64 = match unit {
+        'B' => 1,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        _ => return Err(format!("'{text}': the unit must be K, M or G")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 1048576, 512K, 100M, 1G)"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
 /// The settings every role shares, spelled as flags.
 #[derive(Args, Debug, Clone)]
 pub struct Options {
@@ -112,6 +133,28 @@ pub struct Options {
         default_value_t = 30000
     )]
     pub boot_timeout_ms: u64,
+
+    /// Largest request body accepted (bytes; K, M, G suffixes are powers of 1024); larger is `413`
+    #[arg(long, env = "RIP_MAX_BODY", value_name = "BYTES", default_value = "100M", value_parser = parse_size)]
+    pub max_body: u64,
+
+    /// How long a client may take to send a request head, from its first byte
+    #[arg(
+        long,
+        env = "RIP_HEADER_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 10000
+    )]
+    pub header_timeout_ms: u64,
+
+    /// How long a kept-alive client connection may sit idle between requests
+    #[arg(
+        long,
+        env = "RIP_IDLE_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 60000
+    )]
+    pub idle_timeout_ms: u64,
 
     /// Threads of the load balancer's runtime (1: a single-threaded event loop, the fastest here)
     #[arg(long, env = "RIP_LB_THREADS", value_name = "N", default_value_t = 1)]
@@ -387,6 +430,9 @@ mod tests {
             "--no-access-log",
             "--max-requests-jitter=3",
             "--lb-threads=2",
+            "--max-body=5M",
+            "--header-timeout-ms=77",
+            "--idle-timeout-ms=88",
             "--hot-reload=process",
             "--queue-timeout-ms=123",
             "--socket-dir=/tmp",
@@ -410,6 +456,17 @@ mod tests {
             }
             other => panic!("expected a worker, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("100m"), Ok(100 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("1T").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("").is_err());
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub boot_timeout: Duration,
     pub access_log: AccessLog,
+    /// The largest request body accepted.
+    pub max_body: u64,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
     /// Threads of the LB's runtime; 1 = a current-thread runtime.
     pub lb_threads: usize,
     pub variant: String,
@@ -159,6 +163,8 @@ impl Config {
             ("--read-timeout-ms", options.read_timeout_ms),
             ("--boot-timeout-ms", options.boot_timeout_ms),
             ("--lb-threads", options.lb_threads as u64),
+            ("--header-timeout-ms", options.header_timeout_ms),
+            ("--idle-timeout-ms", options.idle_timeout_ms),
         ] {
             if ms == 0 {
                 return Err(format!("{flag}=0: must be at least 1"));
@@ -180,6 +186,9 @@ impl Config {
             shutdown_timeout: Duration::from_millis(options.shutdown_timeout_ms),
             boot_timeout: Duration::from_millis(options.boot_timeout_ms),
             access_log,
+            max_body: options.max_body,
+            header_timeout: Duration::from_millis(options.header_timeout_ms),
+            idle_timeout: Duration::from_millis(options.idle_timeout_ms),
             lb_threads: options.lb_threads,
             variant: options.variant.clone(),
             paths,
@@ -205,6 +214,9 @@ impl Config {
             format!("--read-timeout-ms={}", ms(self.read_timeout)),
             format!("--shutdown-timeout-ms={}", ms(self.shutdown_timeout)),
             format!("--boot-timeout-ms={}", ms(self.boot_timeout)),
+            format!("--max-body={}", self.max_body),
+            format!("--header-timeout-ms={}", ms(self.header_timeout)),
+            format!("--idle-timeout-ms={}", ms(self.idle_timeout)),
             format!("--lb-threads={}", self.lb_threads),
             format!("--variant={}", self.variant),
             format!("--socket-prefix={}", self.paths.prefix()),

@@ -168,6 +168,10 @@ fn help_documents_every_token_and_flag() {
         "--boot-timeout-ms",
         "--runtime",
         "--max-requests-jitter",
+        "--max-body",
+        "--header-timeout-ms",
+        "--idle-timeout-ms",
+        "--lb-threads",
         "RIP_MAX_QUEUE",
         "PORT",
     ] {

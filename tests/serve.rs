@@ -479,7 +479,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn large_bodies_stream_through_in_bounded_memory() {
     use std::io::{Read, Write};
-    let server = Server::start(&["builtin:hello", "w:1", "--no-access-log"]);
+    let server = Server::start(&["builtin:hello", "w:1", "--no-access-log", "--max-body=1G"]);
     server.wait_workers(1);
     const TOTAL: u64 = 256 * 1024 * 1024;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();

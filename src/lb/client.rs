@@ -2,8 +2,8 @@
 //! routes, a refusal, or through a worker), and go on while the connection
 //! is kept alive.
 //!
-//! A connection waits at most [`IDLE_TIMEOUT`] for a next request and
-//! [`HEADER_TIMEOUT`] from a request's first byte to the end of its head
+//! A connection waits at most `--idle-timeout-ms` for a next request and
+//! `--header-timeout-ms` from a request's first byte to the end of its head
 //! (a slowloris client is cut off); once the LB is stopping, an idle
 //! connection closes and a busy one closes after its response.
 
@@ -19,10 +19,14 @@ use super::io::Socket;
 use super::proxy::{Client, Next, HEAD_CHUNK};
 use super::Lb;
 
-/// How long a kept-alive connection may sit idle between requests.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a client may take to send a request head, from its first byte.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For a next request on a kept-alive connection.
+    pub idle: Duration,
+    /// From a request's first byte to the end of its head.
+    pub header: Duration,
+}
 
 pub(super) async fn serve(
     lb: Arc<Lb>,
@@ -32,7 +36,7 @@ pub(super) async fn serve(
 ) {
     let mut client = Client::new(socket, Some(peer.ip()));
     loop {
-        let head = match read_head(&mut client, &mut stop).await {
+        let head = match read_head(&mut client, &mut stop, lb.timeouts).await {
             Some(Ok(head)) => head,
             Some(Err(refused)) => {
                 let (status, reason) = refused.status();
@@ -90,8 +94,9 @@ pub(super) async fn serve(
 async fn read_head(
     client: &mut Client,
     stop: &mut watch::Receiver<bool>,
+    timeouts: Timeouts,
 ) -> Option<Result<RequestHead, HeadError>> {
-    let idle_deadline = Instant::now() + IDLE_TIMEOUT;
+    let idle_deadline = Instant::now() + timeouts.idle;
     let mut head_deadline = None;
     loop {
         if !client.buf.is_empty() {
@@ -100,7 +105,7 @@ async fn read_head(
                 Ok(None) => {}
                 Err(refused) => return Some(Err(refused)),
             }
-            head_deadline.get_or_insert(Instant::now() + HEADER_TIMEOUT);
+            head_deadline.get_or_insert(Instant::now() + timeouts.header);
         }
         let deadline = head_deadline.unwrap_or(idle_deadline);
         let idle = client.buf.is_empty();

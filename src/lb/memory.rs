@@ -1,5 +1,6 @@
-//! Counting client connections (for the graceful stop), and giving memory
-//! back after a burst of them.
+//! Counting client connections — to stop accepting before descriptors run
+//! out, for the graceful stop — and giving memory back after a burst of
+//! them.
 //!
 //! Each client connection holds hyper's read and write buffers (8 KiB
 //! each) and its task: about 20 KiB, so a thousand connections take some
@@ -13,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 /// A peak below this is not worth a trim.
 const PEAK_WORTH_TRIMMING: usize = 128;
 /// How often the count is looked at.
@@ -22,21 +25,30 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone, Default)]
 pub struct Connections {
     open: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
 }
 
 /// One open connection; dropping it closes the count.
-pub struct Open(Arc<AtomicUsize>);
+pub struct Open(Arc<AtomicUsize>, Arc<Notify>);
 
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.notify_one();
     }
 }
 
 impl Connections {
     pub fn open(&self) -> Open {
         self.open.fetch_add(1, Ordering::Relaxed);
-        Open(self.open.clone())
+        Open(self.open.clone(), self.closed.clone())
+    }
+
+    /// Waits until fewer than `max` connections are open.
+    pub async fn room_for(&self, max: usize) {
+        while self.open.load(Ordering::Relaxed) >= max {
+            self.closed.notified().await;
+        }
     }
 
     /// Waits until every connection has closed, up to `limit`; whether they did.

@@ -46,7 +46,7 @@ use http1::RequestHead;
 use proxy::Proxy;
 
 pub fn run(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failure> {
-    raise_open_files_limit();
+    let descriptors = raise_open_files_limit();
     // One thread by default: on 2 cores shared with the apps (and a load
     // generator), a second runtime thread costs more in cross-thread
     // wake-ups than it gains (PERF-NOTES; README "Performance").
@@ -61,30 +61,46 @@ pub fn run(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failu
         .enable_all()
         .build()
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve(config, listen_fd, link_fd))
+    // Past this many clients the LB stops accepting (the rest wait in the
+    // kernel's backlog) rather than run out of descriptors it needs itself.
+    let max_clients = descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(16) as usize;
+    runtime.block_on(serve(config, listen_fd, link_fd, max_clients))
 }
 
 /// Thousands of client connections need thousands of descriptors: take the
-/// whole hard limit.
-fn raise_open_files_limit() {
+/// whole hard limit. Returns the limit in force.
+fn raise_open_files_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
     }
 }
+
+/// Descriptors kept free of client connections: for the connections to the
+/// workers, the control socket, the link and the log.
+const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// Everything a public request may touch.
 struct Lb {
     proxy: Proxy,
+    timeouts: client::Timeouts,
     app: String,
     port: u16,
     workers: usize,
     started: Instant,
 }
 
-async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failure> {
+async fn serve(
+    config: Config,
+    listen_fd: RawFd,
+    link_fd: RawFd,
+    max_clients: usize,
+) -> Result<(), Failure> {
     // SAFETY: the manager passed these descriptors to this process alone.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(listen_fd) };
     let listener = io::Listener::new(listener)
@@ -118,7 +134,12 @@ async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), F
             balancer: balancer.clone(),
             log: log.clone(),
             read_timeout: config.read_timeout,
+            max_body: config.max_body,
             max_attempts: config.workers + 1,
+        },
+        timeouts: client::Timeouts {
+            idle: config.idle_timeout,
+            header: config.header_timeout,
         },
         app: config.app.name.clone(),
         port: config.port,
@@ -163,7 +184,10 @@ async fn serve(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), F
     tokio::spawn(memory.clone().trim_after_bursts());
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = async {
+                memory.room_for(max_clients).await;
+                listener.accept().await
+            } => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {

@@ -11,6 +11,7 @@
 //! is retired: its app may still be busy with the request.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct Proxy {
     pub balancer: Arc<Balancer>,
     pub log: AccessLog,
     pub read_timeout: Duration,
+    /// The largest request body accepted (`413` beyond).
+    pub max_body: u64,
     /// Workers tried for one request before giving up with 503.
     pub max_attempts: usize,
 }
@@ -123,19 +126,40 @@ struct Body {
     framing: Option<Framing>,
     remaining: u64,
     chunked: Chunked,
+    /// Data bytes seen of a chunked body, against `max`.
+    data: u64,
+    max: u64,
     done: bool,
 }
 
+/// What is wrong with a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyError {
+    Malformed,
+    TooLarge,
+}
+
+impl BodyError {
+    fn answer(self) -> Own<'static> {
+        match self {
+            BodyError::Malformed => Own::text(400, "Bad Request", "Bad Request", true),
+            BodyError::TooLarge => Own::text(413, "Payload Too Large", "Payload Too Large", true),
+        }
+    }
+}
+
 impl Body {
-    fn new(framing: Framing) -> Body {
+    fn new(framing: Framing, max: u64) -> Body {
         match framing {
             Framing::Length(n) => Body {
                 framing: Some(framing),
                 remaining: n,
+                max,
                 ..Body::default()
             },
             Framing::Chunked => Body {
                 framing: Some(framing),
+                max,
                 ..Body::default()
             },
             _ => Body {
@@ -146,13 +170,21 @@ impl Body {
     }
 
     /// How many bytes at the start of `input` belong to the body.
-    fn take(&mut self, input: &[u8]) -> Result<usize, &'static str> {
+    fn take(&mut self, input: &[u8]) -> Result<usize, BodyError> {
         if self.done {
             return Ok(0);
         }
         match self.framing {
             Some(Framing::Chunked) => {
-                let n = self.chunked.feed(input, |_| {})?;
+                let mut data = 0u64;
+                let n = self
+                    .chunked
+                    .feed(input, |r| data += r.len() as u64)
+                    .map_err(|_| BodyError::Malformed)?;
+                self.data += data;
+                if self.data > self.max {
+                    return Err(BodyError::TooLarge);
+                }
                 self.done = self.chunked.is_done();
                 Ok(n)
             }
@@ -169,7 +201,7 @@ impl Body {
 /// Why the request body stopped.
 enum PumpError {
     ClientGone,
-    BadChunk,
+    Body(BodyError),
     WorkerGone,
 }
 
@@ -216,9 +248,17 @@ impl Proxy {
         received: Instant,
         closing: bool,
     ) -> Next {
-        let body = Body::new(head.body);
+        let body = Body::new(head.body, self.max_body);
         let has_body = !body.done;
         let mut close = closing || !head.keep_alive;
+        if let Framing::Length(n) = head.body {
+            if n > self.max_body {
+                // Refused before any app sees a byte of it.
+                let own = BodyError::TooLarge.answer();
+                client.answer(&self.log, Some(head), own, received).await;
+                return Next::Close;
+            }
+        }
         for _ in 0..self.max_attempts {
             let acquired = tokio::select! {
                 acquired = self.balancer.acquire() => acquired,
@@ -289,9 +329,10 @@ impl Proxy {
         // The head goes out with whatever of the body is already here.
         let initial = match body.take(&client.buf) {
             Ok(n) => n,
-            Err(_) => {
+            Err(refused) => {
+                // Nothing was sent: the worker is free.
                 lease.release(None);
-                return Attempt::Answer(Own::text(400, "Bad Request", "Bad Request", true));
+                return Attempt::Answer(refused.answer());
             }
         };
         let mut upstream = match self
@@ -299,6 +340,15 @@ impl Proxy {
             .await
         {
             Ok(upstream) => upstream,
+            Err(why) if is_our_shortage(&why) => {
+                // Our shortage, not the worker's fault: it stays.
+                warn!("cannot reach worker {}: {why}", lease.id());
+                lease.release(None);
+                return Attempt::Answer(Own {
+                    retry_after: true,
+                    ..Own::text(503, "Service Unavailable", "Server busy", !body.done)
+                });
+            }
             Err(why) => {
                 warn!(
                     "worker {} unreachable at {}: {why}",
@@ -326,6 +376,9 @@ impl Proxy {
             socket: upstream_socket,
             buf: upstream_buf,
         } = &mut upstream;
+        // Whether the response has begun to reach the client (then a refusal
+        // of the body can no longer be answered, only cut short).
+        let started = AtomicBool::new(false);
         let respond = respond(
             &*client_socket,
             resp_head,
@@ -339,6 +392,7 @@ impl Proxy {
                 log,
             },
             dispatched + self.read_timeout,
+            &started,
         );
         let answer = if body.done {
             tokio::select! {
@@ -359,8 +413,13 @@ impl Proxy {
                     result = &mut pump, if !pumped => match result {
                         Ok(()) => pumped = true,
                         Err(PumpError::ClientGone) => return Attempt::Done(Next::Close),
-                        Err(PumpError::BadChunk) => {
-                            return Attempt::Answer(Own::text(400, "Bad Request", "Bad Request", true));
+                        // The app has seen part of the body: the lease is
+                        // dropped unfinished, so the worker is retired.
+                        Err(PumpError::Body(refused)) => {
+                            if started.load(Ordering::Relaxed) {
+                                return Attempt::Done(Next::Close);
+                            }
+                            return Attempt::Answer(refused.answer());
                         }
                         // The app stopped reading; its answer may still come.
                         Err(PumpError::WorkerGone) => pumped = true,
@@ -457,7 +516,7 @@ impl Proxy {
         lease: &mut Lease<Upstream>,
         req_head: &[u8],
         initial: &[u8],
-    ) -> Result<Upstream, String> {
+    ) -> std::io::Result<Upstream> {
         let parked = lease.take_conn().filter(|u| !u.socket.stale());
         if let Some(upstream) = parked {
             if upstream
@@ -469,14 +528,19 @@ impl Proxy {
                 return Ok(upstream);
             }
         }
-        let upstream = Upstream::connect(lease.socket()).map_err(|e| e.to_string())?;
-        upstream
-            .socket
-            .write_all(&[req_head, initial])
-            .await
-            .map_err(|e| e.to_string())?;
+        let upstream = Upstream::connect(lease.socket())?;
+        upstream.socket.write_all(&[req_head, initial]).await?;
         Ok(upstream)
     }
+}
+
+/// Out of descriptors or buffers: the LB's shortage, not the worker's.
+fn is_our_shortage(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)
+    )
 }
 
 enum Attempt {
@@ -499,7 +563,7 @@ async fn pump(
                 Ok(_) => {}
             }
         }
-        let n = body.take(buf).map_err(|_| PumpError::BadChunk)?;
+        let n = body.take(buf).map_err(PumpError::Body)?;
         upstream
             .write_all(&[&buf[..n]])
             .await
@@ -520,6 +584,7 @@ struct Shape {
 
 /// Reads the worker's response head (until `deadline`) and relays the
 /// response to the client.
+#[allow(clippy::too_many_arguments)] // the halves of two borrowed connections
 async fn respond(
     client: &Socket,
     resp_head: &mut Vec<u8>,
@@ -528,8 +593,9 @@ async fn respond(
     buf: &mut Vec<u8>,
     shape: Shape,
     deadline: Instant,
+    started: &AtomicBool,
 ) -> Answer {
-    let started = Instant::now();
+    let since = Instant::now();
     buf.clear();
     let (head, relay, close) = loop {
         let parsed = http1::parse_response(
@@ -559,7 +625,7 @@ async fn respond(
     if head.busy {
         return Answer::Busy;
     }
-    let worker = started.elapsed();
+    let worker = since.elapsed();
     let content_type = match (&head.content_type, shape.log) {
         (Some(range), true) => std::str::from_utf8(&buf[range.clone()])
             .ok()
@@ -605,6 +671,7 @@ async fn respond(
             }
             let head_part: &[u8] = if head_pending { resp_head } else { &[] };
             head_pending = false;
+            started.store(true, Ordering::Relaxed);
             if client.write_all(&[head_part, piece]).await.is_err() {
                 client_ok = false;
                 break;
@@ -615,6 +682,7 @@ async fn respond(
         // streamed body's first bytes are not held back.
         if head_pending {
             head_pending = false;
+            started.store(true, Ordering::Relaxed);
             if client.write_all(&[resp_head]).await.is_err() {
                 client_ok = false;
                 break;

@@ -118,6 +118,8 @@ pub struct Server {
 pub struct Start<'a> {
     pub env: Vec<(&'a str, String)>,
     pub dir: Option<tempfile::TempDir>,
+    /// Open-files limits (soft, hard) to start the server with.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Server {
@@ -144,6 +146,20 @@ impl Server {
             .env("RIP_LOG", "info");
         for (key, value) in &options.env {
             command.env(key, value);
+        }
+        if let Some((soft, hard)) = options.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
         }
         let mut child = command.spawn().expect("start rip-server");
         let stdout = Output::default();
