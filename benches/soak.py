@@ -132,12 +132,15 @@ class Tally:
         self.errors = Counter()
         self.corrupt = 0
         self.requests = 0
+        self.failures = Counter()
 
-    def add(self, status=None, error=None, corrupt=False):
+    def add(self, status=None, error=None, corrupt=False, body=b""):
         with self.lock:
             self.requests += 1
             if status is not None:
                 self.statuses[status] += 1
+                if not 200 <= status < 300:
+                    self.failures[(status, body[:40].decode("latin-1"))] += 1
             if error is not None:
                 self.errors[error] += 1
             if corrupt:
@@ -164,7 +167,7 @@ def client(port, stop, tally, seed):
             response = conn.getresponse()
             data = response.read()
             corrupt = body is not None and response.status == 200 and data != body
-            tally.add(status=response.status, corrupt=corrupt)
+            tally.add(status=response.status, corrupt=corrupt, body=data)
             if response.getheader("connection", "").lower() == "close":
                 conn.close()
                 conn = None
@@ -325,6 +328,8 @@ def main():
           % (args.minutes, args.clients, args.runtime, WORKERS, args.kill_every, args.lb_kills))
     print("requests:           %d (%.0f/s)" % (tally.requests, tally.requests / (args.minutes * 60)))
     print("answers by status:  %s" % dict(sorted(tally.statuses.items())))
+    for (status, body), count in sorted(tally.failures.items()):
+        print("  %d x %d %r" % (count, status, body))
     print("no answer:          %d %s" % (transport, dict(tally.errors) if transport else ""))
     print("  of which at LB kills: %d" % lb_reset_errors)
     print("corrupted echoes:   %d" % tally.corrupt)

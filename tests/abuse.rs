@@ -15,10 +15,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::*;
 
-fn probe() -> String {
-    repo().join("tests/apps/probe").display().to_string()
-}
-
 /// Sends raw bytes on a fresh connection; returns everything the server
 /// sent until it closed the connection (or 10 s passed).
 fn raw(port: u16, bytes: &[u8]) -> (String, bool) {
@@ -42,24 +38,6 @@ fn raw(port: u16, bytes: &[u8]) -> (String, bool) {
 
 fn status_of(answer: &str) -> u16 {
     answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn lb_pid(server: &Server) -> u32 {
-    server
-        .children()
-        .into_iter()
-        .find(|(_, argv)| argv[1] == "lb")
-        .unwrap()
-        .0
 }
 
 #[test]
@@ -222,7 +200,7 @@ fn more_connections_than_descriptors_are_served_in_turn() {
         },
     );
     server.wait_workers(2);
-    let lb = lb_pid(&server);
+    let lb = server.lb_pid();
     let limits = std::fs::read_to_string(format!("/proc/{lb}/limits")).unwrap();
     let line = limits
         .lines()
@@ -342,7 +320,7 @@ fn concurrent_echoes_of_random_sizes_are_byte_exact() {
 fn a_slow_reader_does_not_make_the_lb_buffer_the_response() {
     let server = Server::start(&["builtin:hello", "w:1", "--no-access-log"]);
     server.wait_workers(1);
-    let lb = lb_pid(&server);
+    let lb = server.lb_pid();
     let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     stream
         .write_all(b"GET /big?n=268435456 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -367,7 +345,7 @@ fn a_slow_reader_does_not_make_the_lb_buffer_the_response() {
 fn a_thousand_concurrent_connections_keep_the_lb_small() {
     let server = Server::start(&["builtin:hello", "w:2", "--no-access-log"]);
     server.wait_workers(2);
-    let lb = lb_pid(&server);
+    let lb = server.lb_pid();
     let mut streams: Vec<TcpStream> = (0..1000)
         .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
         .collect();

@@ -14,13 +14,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use support::*;
 
-fn probe() -> String {
-    support::repo()
-        .join("tests/apps/probe")
-        .display()
-        .to_string()
-}
-
 /// Starts `path` on a client thread of its own.
 fn get_async(port: u16, path: &str) -> thread::JoinHandle<Response> {
     let path = path.to_string();
@@ -464,16 +457,6 @@ fn worker_ids_are_never_reused() {
     server.wait_workers(1);
     let second = worker_of(server.get("/pid").text().parse().unwrap());
     assert_eq!(second, 1);
-}
-
-/// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]

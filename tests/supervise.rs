@@ -13,10 +13,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::*;
 
-fn probe() -> String {
-    repo().join("tests/apps/probe").display().to_string()
-}
-
 fn signal(pid: u32, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).unwrap();
 }

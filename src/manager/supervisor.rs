@@ -24,7 +24,7 @@ use crate::{front, spawn, Failure};
 use super::watch;
 
 /// A worker that served this long before crashing resets the backoff.
-const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 /// How much longer each consecutive LB crash waits before its restart.
 const LB_RESTART_STEP: Duration = Duration::from_millis(100);
 /// Extra time a stopping process gets beyond the shutdown timeout.

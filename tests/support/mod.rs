@@ -31,6 +31,22 @@ pub fn example(name: &str) -> String {
     repo().join("examples").join(name).display().to_string()
 }
 
+/// The probe command app (`tests/apps/probe`): threaded, so it would
+/// notice two requests at once.
+pub fn probe() -> String {
+    repo().join("tests/apps/probe").display().to_string()
+}
+
+/// Peak resident memory of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
 /// Polls `check` until it returns Some, or panics after `DEADLINE`.
 pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     eventually_within(DEADLINE, what, &mut check)
@@ -272,6 +288,15 @@ impl Server {
     /// The pids of this server's processes (the manager's descendants).
     pub fn descendants(&self) -> Vec<u32> {
         descendants(self.pid())
+    }
+
+    /// The load balancer's pid.
+    pub fn lb_pid(&self) -> u32 {
+        self.children()
+            .into_iter()
+            .find(|(_, argv)| argv.get(1).map(String::as_str) == Some("lb"))
+            .map(|(pid, _)| pid)
+            .expect("an lb process")
     }
 
     /// `(pid, argv)` of the manager's direct children.
