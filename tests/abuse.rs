@@ -367,6 +367,54 @@ fn a_thousand_concurrent_connections_keep_the_lb_small() {
 }
 
 #[test]
+fn queued_uploads_hold_no_body_buffers_in_the_lb() {
+    // 256 clients each with a 64 KiB upload, while 2 workers serve them in
+    // turn: body buffers belong to the workers, so the LB's memory does not
+    // grow with the clients waiting (it grew by ~130 KiB per client when
+    // each connection buffered its own body and response end).
+    let server = Server::start(&["builtin:hello", "w:2", "--no-access-log"]);
+    server.wait_workers(2);
+    let lb = server.lb_pid();
+    let body = vec![b'x'; 64 * 1024];
+    let request = [
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes(),
+        body.clone(),
+    ]
+    .concat();
+    let groups: Vec<_> = (0..4)
+        .map(|_| {
+            let (port, request, body) = (server.port, request.clone(), body.clone());
+            thread::spawn(move || {
+                let mut clients: Vec<Client> =
+                    (0..64).map(|_| Client::connect(port).unwrap()).collect();
+                for _ in 0..3 {
+                    for c in &mut clients {
+                        c.write_raw(&request).unwrap();
+                    }
+                    for c in &mut clients {
+                        let r = c.read_response(false).unwrap();
+                        assert_eq!(r.status, 200);
+                        assert!(r.body == body, "{} bytes came back", r.body.len());
+                    }
+                }
+            })
+        })
+        .collect();
+    for g in groups {
+        g.join().unwrap();
+    }
+    let peak = peak_rss_kib(lb);
+    assert!(
+        peak < 20 * 1024,
+        "the LB peaked at {peak} KiB with 256 clients uploading 64 KiB each"
+    );
+}
+
+#[test]
 fn killing_apps_and_workers_under_load_fails_at_most_one_request_per_kill() {
     runtime("node");
     let server = Server::start(&[

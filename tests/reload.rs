@@ -54,6 +54,51 @@ fn until_all(server: &Server, path: &str, want: &str, n: usize) -> Duration {
     started.elapsed()
 }
 
+/// Starts the module app under `runtime_name` with `w:<workers>` and
+/// `--hot-reload=<mode>`, and waits for its workers.
+fn serve(app: &Path, runtime_name: &str, workers: usize, mode: &str, extra: &[&str]) -> Server {
+    runtime(runtime_name);
+    let workers_token = format!("w:{workers}");
+    let mode_flag = format!("--hot-reload={mode}");
+    let runtime_flag = format!("--runtime={runtime_name}");
+    let mut args = vec![
+        app.to_str().unwrap(),
+        &workers_token,
+        &mode_flag,
+        &runtime_flag,
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    server.wait_workers(workers);
+    server
+}
+
+/// With `clients` sending `path` continuously, makes `edit` and waits until
+/// every worker answers `after`: within 3 s, with no request failed and
+/// every answer `before` or `after`.
+fn edit_under_load(
+    server: &Server,
+    clients: usize,
+    path: &str,
+    (before, after): (&str, &str),
+    edit: impl FnOnce(),
+) {
+    let load = Load::start(server.port, clients, path);
+    thread::sleep(Duration::from_millis(100));
+    edit();
+    let took = until_all(server, path, after, 10);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_clean(&load.finish(), &[before, after]);
+}
+
+fn sighup(server: &Server) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
 /// Only 200s, and every answer one of `allowed`.
 fn assert_clean(answers: &[(u16, String)], allowed: &[&str]) {
     assert!(answers.len() > 20, "only {} requests", answers.len());
@@ -67,26 +112,11 @@ fn assert_clean(answers: &[(u16, String)], allowed: &[&str]) {
 }
 
 fn module_mode_reloads_the_entry_in_place(runtime_name: &str) {
-    runtime(runtime_name);
     let app = module_app();
-    let server = Server::start(&[
-        app.path().to_str().unwrap(),
-        "w:2",
-        "--hot-reload=module",
-        &format!("--runtime={runtime_name}"),
-        "--no-access-log",
-    ]);
-    server.wait_workers(2);
-    let load = Load::start(server.port, 4, "/");
-    thread::sleep(Duration::from_millis(100));
-    write_module(app.path(), "v2");
-    let took = until_all(&server, "/", "v2", 10);
-    assert!(
-        took < Duration::from_secs(3),
-        "{runtime_name}: took {took:?}"
-    );
-    let answers = load.finish();
-    assert_clean(&answers, &["v1", "v2"]);
+    let server = serve(app.path(), runtime_name, 2, "module", &["--no-access-log"]);
+    edit_under_load(&server, 4, "/", ("v1", "v2"), || {
+        write_module(app.path(), "v2")
+    });
     // In place: the same processes, no restart.
     let out = server.output();
     assert!(!out.contains("rolling restart"), "{out}");
@@ -105,15 +135,8 @@ fn module_mode_reloads_the_entry_in_place_under_bun() {
 
 #[test]
 fn a_broken_edit_keeps_the_last_good_code() {
-    runtime("node");
     let app = module_app();
-    let server = Server::start(&[
-        app.path().to_str().unwrap(),
-        "w:1",
-        "--hot-reload=module",
-        "--runtime=node",
-    ]);
-    server.wait_workers(1);
+    let server = serve(app.path(), "node", 1, "module", &[]);
     assert_eq!(server.get("/").text(), "v1");
     write_app(
         app.path(),
@@ -138,38 +161,18 @@ fn a_broken_edit_keeps_the_last_good_code() {
 
 #[test]
 fn module_mode_restarts_workers_for_other_files() {
-    runtime("node");
     let app = module_app();
-    let server = Server::start(&[
-        app.path().to_str().unwrap(),
-        "w:2",
-        "--hot-reload=module",
-        "--runtime=node",
-        "--no-access-log",
-    ]);
-    server.wait_workers(2);
-    let load = Load::start(server.port, 4, "/msg");
-    thread::sleep(Duration::from_millis(100));
-    write_msg(app.path(), "m2");
-    let took = until_all(&server, "/msg", "m2", 10);
-    assert!(took < Duration::from_secs(3), "took {took:?}");
-    let answers = load.finish();
-    assert_clean(&answers, &["m1", "m2"]);
+    let server = serve(app.path(), "node", 2, "module", &["--no-access-log"]);
+    edit_under_load(&server, 4, "/msg", ("m1", "m2"), || {
+        write_msg(app.path(), "m2")
+    });
     server.wait_output("rolling restart to version 2");
 }
 
 #[test]
 fn used_up_module_reloads_recycle_the_worker() {
-    runtime("node");
     let app = module_app();
-    let server = Server::start(&[
-        app.path().to_str().unwrap(),
-        "w:1",
-        "--hot-reload=module",
-        "--max-reloads=1",
-        "--runtime=node",
-    ]);
-    server.wait_workers(1);
+    let server = serve(app.path(), "node", 1, "module", &["--max-reloads=1"]);
     write_module(app.path(), "v2");
     until_all(&server, "/", "v2", 2);
     thread::sleep(Duration::from_millis(150)); // the loader checks at most every 100 ms
@@ -186,23 +189,11 @@ fn used_up_module_reloads_recycle_the_worker() {
 
 #[test]
 fn process_mode_rolls_every_worker_without_failing_a_request() {
-    runtime("node");
     let app = module_app();
-    let server = Server::start(&[
-        app.path().to_str().unwrap(),
-        "w:2",
-        "--hot-reload=process",
-        "--runtime=node",
-        "--no-access-log",
-    ]);
-    server.wait_workers(2);
-    let load = Load::start(server.port, 8, "/");
-    thread::sleep(Duration::from_millis(100));
-    write_module(app.path(), "v2");
-    let took = until_all(&server, "/", "v2", 10);
-    assert!(took < Duration::from_secs(3), "took {took:?}");
-    let answers = load.finish();
-    assert_clean(&answers, &["v1", "v2"]);
+    let server = serve(app.path(), "node", 2, "process", &["--no-access-log"]);
+    edit_under_load(&server, 8, "/", ("v1", "v2"), || {
+        write_module(app.path(), "v2")
+    });
     let out = server.wait_output("worker 3 ready");
     assert!(out.contains("rolling restart to version 2"), "{out}");
     // The old workers left only after their replacements joined.
@@ -211,15 +202,8 @@ fn process_mode_rolls_every_worker_without_failing_a_request() {
 
 #[test]
 fn process_mode_keeps_the_old_code_through_a_broken_edit() {
-    runtime("node");
     let app = module_app();
-    let server = Server::start(&[
-        app.path().to_str().unwrap(),
-        "w:2",
-        "--hot-reload=process",
-        "--runtime=node",
-    ]);
-    server.wait_workers(2);
+    let server = serve(app.path(), "node", 2, "process", &[]);
     let load = Load::start(server.port, 4, "/");
     write_app(
         app.path(),
@@ -249,11 +233,7 @@ fn sighup_rolls_the_workers_in_every_mode() {
     server.wait_workers(2);
     let load = Load::start(server.port, 8, "/ping");
     thread::sleep(Duration::from_millis(100));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    sighup(&server);
     server.wait_output("worker 3 ready");
     thread::sleep(Duration::from_millis(200));
     let answers = load.finish();
@@ -263,15 +243,8 @@ fn sighup_rolls_the_workers_in_every_mode() {
 
 #[test]
 fn none_mode_ignores_edits_until_sighup() {
-    runtime("node");
     let app = module_app();
-    let server = Server::start(&[
-        app.path().to_str().unwrap(),
-        "w:1",
-        "--hot-reload=none",
-        "--runtime=node",
-    ]);
-    server.wait_workers(1);
+    let server = serve(app.path(), "node", 1, "none", &[]);
     write_module(app.path(), "v2");
     write_msg(app.path(), "m2");
     // Well past the debounce and a worker's start: still the old code.
@@ -281,11 +254,7 @@ fn none_mode_ignores_edits_until_sighup() {
         thread::sleep(Duration::from_millis(100));
     }
     assert!(!server.output().contains("changed"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    sighup(&server);
     until_all(&server, "/", "v2", 3);
 }
 

@@ -422,14 +422,7 @@ fn a_stale_socket_from_a_crashed_run_is_cleared() {
     let stale = dir.path().join("rip_server2_hello.0.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
-    let server = Server::start_with(
-        &["builtin:hello", "w:1"],
-        Start {
-            dir: Some(dir),
-            ..Start::default()
-        },
-    );
-    server.wait_workers(1);
+    let server = Server::hello_in(dir);
     assert_eq!(server.get("/ping").status, 200);
 }
 

@@ -188,14 +188,7 @@ fn a_killed_manager_leaves_no_orphans() {
 fn a_crashed_run_is_cleaned_up_on_the_next_start() {
     let dir = socket_dir();
     let path = dir.path().to_path_buf();
-    let mut crashed = Server::start_with(
-        &["builtin:hello", "w:1"],
-        Start {
-            dir: Some(dir),
-            ..Start::default()
-        },
-    );
-    crashed.wait_workers(1);
+    let mut crashed = Server::hello_in(dir);
     let pids = crashed.descendants();
     crashed.stop_with(Signal::SIGKILL);
     eventually("the crashed run's processes to exit", || {
@@ -206,15 +199,23 @@ fn a_crashed_run_is_cleaned_up_on_the_next_start() {
         "a SIGKILL leaves the pid file"
     );
     let dir = std::mem::replace(&mut crashed.dir, socket_dir());
-    let server = Server::start_with(
-        &["builtin:hello", "w:1"],
-        Start {
-            dir: Some(dir),
-            ..Start::default()
-        },
-    );
-    server.wait_workers(1);
+    let server = Server::hello_in(dir);
     assert_eq!(server.get("/ping").status, 200);
+}
+
+/// Starts `builtin:hello` in `dir` expecting exit 2; returns its stderr.
+fn refused_start(dir: &std::path::Path) -> String {
+    let out = run(
+        &[
+            "builtin:hello",
+            "http:0",
+            &format!("--socket-dir={}", dir.display()),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
 }
 
 #[test]
@@ -222,16 +223,7 @@ fn paths_that_are_not_ours_are_refused_and_kept() {
     let dir = socket_dir();
     let ctl = dir.path().join("rip_server2_hello.ctl.sock");
     std::fs::write(&ctl, "not a socket").unwrap();
-    let out = run(
-        &[
-            "builtin:hello",
-            "http:0",
-            &format!("--socket-dir={}", dir.path().display()),
-        ],
-        &[],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_start(dir.path());
     assert!(stderr.contains("not a socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&ctl).unwrap(), "not a socket");
     std::fs::remove_file(&ctl).unwrap();
@@ -240,16 +232,7 @@ fn paths_that_are_not_ours_are_refused_and_kept() {
     std::fs::write(&target, "keep me").unwrap();
     let pid = dir.path().join("rip_server2_hello.pid");
     std::os::unix::fs::symlink(&target, &pid).unwrap();
-    let out = run(
-        &[
-            "builtin:hello",
-            "http:0",
-            &format!("--socket-dir={}", dir.path().display()),
-        ],
-        &[],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_start(dir.path());
     assert!(stderr.contains("symlink"), "{stderr}");
     assert!(pid.symlink_metadata().unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");

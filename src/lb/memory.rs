@@ -2,9 +2,9 @@
 //! out, for the graceful stop — and giving memory back after a burst of
 //! them.
 //!
-//! Each client connection holds hyper's read and write buffers (8 KiB
-//! each) and its task: about 20 KiB, so a thousand connections take some
-//! 20 MiB. When they close, glibc keeps the freed memory in its heap,
+//! Each client connection holds its read buffer and heads (4 KiB and up)
+//! and its task: about 10 KiB, so a thousand connections take some
+//! 10 MiB. When they close, glibc keeps the freed memory in its heap,
 //! fragmented, and the LB's RSS stays at the peak for good. So when the
 //! number of open connections has fallen well below its recent peak, the
 //! heap is trimmed (`malloc_trim`, which also returns free pages in the

@@ -30,6 +30,10 @@ pub const HEAD_CHUNK: usize = 4096;
 pub const BODY_CHUNK: usize = 64 * 1024;
 /// Buffers grown past this for a large body are shrunk back after it.
 pub const KEEP_CAPACITY: usize = 16 * 1024;
+/// The most of a response's end that is copied aside, to be sent after the
+/// worker is released: more would make every client connection's buffer
+/// grow to the size of a body chunk (and the heap fragment with them).
+const MAX_TAIL: usize = 8 * 1024;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -375,6 +379,7 @@ impl Proxy {
         let Upstream {
             socket: upstream_socket,
             buf: upstream_buf,
+            body_buf,
         } = &mut upstream;
         // Whether the response has begun to reach the client (then a refusal
         // of the body can no longer be answered, only cut short).
@@ -405,7 +410,13 @@ impl Proxy {
             if head.expect_continue && client_socket.write_all(&[CONTINUE]).await.is_err() {
                 return Attempt::Done(Next::Close);
             }
-            let pump = pump(&*client_socket, client_buf, &mut body, &*upstream_socket);
+            let pump = pump(
+                &*client_socket,
+                client_buf,
+                body_buf,
+                &mut body,
+                &*upstream_socket,
+            );
             tokio::pin!(pump, respond);
             let mut pumped = false;
             loop {
@@ -549,27 +560,33 @@ enum Attempt {
     Answer(Own<'static>),
 }
 
-/// Streams the rest of the request body from the client to the worker.
+/// Streams the rest of the request body from the client to the worker,
+/// through the worker's `body_buf`. What the client sent past the body (a
+/// pipelined request) ends up in `client_buf`, where its next head is read.
 async fn pump(
     client: &Socket,
-    buf: &mut Vec<u8>,
+    client_buf: &mut Vec<u8>,
+    body_buf: &mut Vec<u8>,
     body: &mut Body,
     upstream: &Socket,
 ) -> Result<(), PumpError> {
+    body_buf.clear();
     while !body.done {
-        if buf.is_empty() {
-            match client.read_into(buf, BODY_CHUNK).await {
+        if body_buf.is_empty() {
+            match client.read_into(body_buf, BODY_CHUNK).await {
                 Ok(0) | Err(_) => return Err(PumpError::ClientGone),
                 Ok(_) => {}
             }
         }
-        let n = body.take(buf).map_err(PumpError::Body)?;
+        let n = body.take(body_buf).map_err(PumpError::Body)?;
         upstream
-            .write_all(&[&buf[..n]])
+            .write_all(&[&body_buf[..n]])
             .await
             .map_err(|_| PumpError::WorkerGone)?;
-        buf.drain(..n);
+        body_buf.drain(..n);
     }
+    client_buf.extend_from_slice(body_buf);
+    body_buf.clear();
     Ok(())
 }
 
@@ -658,7 +675,7 @@ async fn respond(
             };
             bytes += taken.data as u64;
             pos += taken.consumed;
-            if relayer.done {
+            if relayer.done && piece.len() <= MAX_TAIL {
                 // The last of the response: it goes out after the worker is
                 // free again, so the next request reaches the app sooner.
                 if !head_pending {

@@ -7,10 +7,15 @@ use std::path::Path;
 
 use super::io::Socket;
 
-/// A connection to a worker's app, with its read buffer.
+/// A connection to a worker's app, with its buffers: what it answers, and
+/// the request body on its way to it. They belong to the worker, not to the
+/// client connection, so that thousands of clients waiting in the queue
+/// hold no body buffers: the LB's memory grows with the workers, not with
+/// the clients.
 pub struct Upstream {
     pub socket: Socket,
     pub buf: Vec<u8>,
+    pub body_buf: Vec<u8>,
 }
 
 impl Upstream {
@@ -21,6 +26,7 @@ impl Upstream {
         Ok(Upstream {
             socket: Socket::connect_unix(path)?,
             buf: Vec::with_capacity(super::proxy::HEAD_CHUNK),
+            body_buf: Vec::new(),
         })
     }
 }

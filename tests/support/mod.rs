@@ -205,6 +205,20 @@ impl Server {
         server
     }
 
+    /// `builtin:hello w:1` in `dir` (a socket dir that may hold a crashed
+    /// run's leftovers), its worker joined.
+    pub fn hello_in(dir: tempfile::TempDir) -> Server {
+        let server = Server::start_with(
+            &["builtin:hello", "w:1"],
+            Start {
+                dir: Some(dir),
+                ..Start::default()
+            },
+        );
+        server.wait_workers(1);
+        server
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
