@@ -33,7 +33,7 @@ fn pool(c: &mut Criterion) {
     let mut idle = pool_with(16);
     c.bench_function("pool: checkout + checkin (idle worker)", |b| {
         b.iter(|| {
-            let checkout = idle.checkout().expect("an idle worker");
+            let checkout = idle.checkout(now).expect("an idle worker");
             idle.checkin(
                 black_box(checkout.id),
                 checkout.conn,
@@ -45,7 +45,7 @@ fn pool(c: &mut Criterion) {
     });
 
     let mut busy = pool_with(1);
-    let held = busy.checkout().expect("the only worker");
+    let held = busy.checkout(now).expect("the only worker");
     let deadline = now + Duration::from_secs(2);
     c.bench_function("pool: enqueue + hand over on checkin", |b| {
         let mut n = 0u64;

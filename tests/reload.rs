@@ -200,10 +200,9 @@ fn process_mode_rolls_every_worker_without_failing_a_request() {
     server.wait_workers(2);
 }
 
-#[test]
-fn process_mode_keeps_the_old_code_through_a_broken_edit() {
+fn a_broken_edit_keeps_the_old_code_serving(extra: &[&str], hold: Duration) {
     let app = module_app();
-    let server = serve(app.path(), "node", 2, "process", &[]);
+    let server = serve(app.path(), "node", 2, "process", extra);
     let load = Load::start(server.port, 4, "/");
     write_app(
         app.path(),
@@ -214,12 +213,25 @@ fn process_mode_keeps_the_old_code_through_a_broken_edit() {
     server.wait_output("rolling restart to version 2");
     // The new version cannot start; the old one keeps serving.
     server.wait_output("exited unexpectedly");
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(hold);
     assert_eq!(server.get("/").text(), "v1");
     write_module(app.path(), "v3");
     until_all(&server, "/", "v3", 10);
     let answers = load.finish();
     assert_clean(&answers, &["v1", "v3"]);
+}
+
+#[test]
+fn process_mode_keeps_the_old_code_through_a_broken_edit() {
+    a_broken_edit_keeps_the_old_code_serving(&[], Duration::from_millis(300));
+}
+
+#[test]
+fn a_broken_edit_survives_the_old_workers_using_up_their_budgets() {
+    // Each old worker is soon past its 25 requests, and its replacements
+    // cannot start: a second later it serves on. (Before, it served no
+    // more, and for longer than the queue timeout every request got 504.)
+    a_broken_edit_keeps_the_old_code_serving(&["r:25"], Duration::from_millis(3000));
 }
 
 #[test]

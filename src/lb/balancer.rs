@@ -80,13 +80,31 @@ impl<C> Scheduler<C> {
         }
     }
 
+    /// Asks the manager to replace a worker whose app asked to be recycled;
+    /// it serves on only while the pool is short of fresh workers.
+    pub fn recycle(&self, id: WorkerId) {
+        if self.pool().spend(id, Instant::now().into_std()) {
+            let _ = self.manager.send(LinkMsg::Retire { id });
+        }
+    }
+
+    /// Runs forever: hands spent workers whose grace has run out to queued
+    /// requests (see `pool::SPENT_GRACE`).
+    pub async fn wake_spent(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            self.pool().wake(Instant::now().into_std(), deliver);
+        }
+    }
+
     /// Waits for a worker: the idle stack first, else the queue until the
     /// queue timeout.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease<C>, Reject> {
         let deadline = Instant::now() + self.queue_timeout;
         let (key, rx) = {
             let mut pool = self.pool();
-            if let Some(checkout) = pool.checkout() {
+            if let Some(checkout) = pool.checkout(Instant::now().into_std()) {
                 drop(pool);
                 return Ok(self.lease(checkout));
             }
@@ -227,6 +245,11 @@ impl<C> Lease<C> {
     /// Takes the worker out of rotation and asks for its replacement.
     pub fn retire(&self) {
         self.scheduler.retire(self.id);
+    }
+
+    /// Asks for the worker's replacement (its app asked to be recycled).
+    pub fn recycle(&self) {
+        self.scheduler.recycle(self.id);
     }
 }
 

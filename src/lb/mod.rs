@@ -122,6 +122,7 @@ async fn serve(
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id());
     let pool = pool::Pool::new(config.max_queue, config.max_requests)
+        .with_expected(config.workers)
         .with_jitter(config.max_requests_jitter, seed);
     let balancer = Arc::new(Balancer::new(
         pool,
@@ -182,6 +183,7 @@ async fn serve(
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let memory = memory::Connections::default();
     tokio::spawn(memory.clone().trim_after_bursts());
+    tokio::spawn(balancer.clone().wake_spent());
     loop {
         tokio::select! {
             accepted = async {

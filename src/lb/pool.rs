@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub type WorkerId = u32;
 
@@ -29,10 +29,15 @@ pub struct Checkout<C> {
     /// for a replacement now, so that it has joined by the time this worker
     /// stops taking requests (capacity never dips for a recycle).
     pub replace: bool,
-    /// This checkout took the last request of the budget: the worker gets
-    /// nothing more.
+    /// This checkout took the last request of the budget: the worker is
+    /// spent.
     pub last: bool,
 }
+
+/// How long a spent worker waits for a fresh one to take its place before
+/// it fills in again (see `Slot::spent`). Its replacement was asked for with
+/// a tenth of its budget left, so it has usually joined by then.
+pub const SPENT_GRACE: Duration = Duration::from_secs(1);
 
 /// When a worker with `budget` requests asks for its replacement: with a
 /// tenth of its budget left.
@@ -79,8 +84,14 @@ struct Slot<C> {
     socket: Arc<Path>,
     version: Option<u64>,
     busy: bool,
-    /// Gets no further requests (recycled, abandoned, unreachable).
+    /// Gets no further requests (abandoned, unreachable).
     retired: bool,
+    /// When its budget was used up (or its app asked to be recycled).
+    /// From then on it gets no requests — unless, [`SPENT_GRACE`] later, the
+    /// pool is still short of fresh workers: its replacement cannot start
+    /// (a broken deploy), and the old code keeps serving rather than leave
+    /// requests to queue and time out.
+    spent: Option<Instant>,
     /// Quit or died while busy: forget it at check-in.
     leaving: bool,
     served: u64,
@@ -112,8 +123,11 @@ pub struct Pool<C, W> {
     idle: Vec<WorkerId>,
     queue: VecDeque<Waiter<W>>,
     max_queue: usize,
-    /// Requests a worker serves before it is retired; 0 = never.
+    /// Requests a worker serves before it is spent; 0 = never.
     max_requests: u64,
+    /// How many workers the pool should have (`w:<N>`); spent workers fill
+    /// in while fewer fresh ones have joined.
+    expected: usize,
     /// Up to this many more, drawn per worker, so that workers started
     /// together are not all recycled together.
     jitter: u64,
@@ -132,11 +146,18 @@ impl<C, W> Pool<C, W> {
             queue: VecDeque::new(),
             max_queue,
             max_requests,
+            expected: 0,
             jitter: 0,
             rng: 0x9E37_79B9_7F4A_7C15,
             newest: None,
             next_key: 0,
         }
+    }
+
+    /// Sets how many workers the pool should have (see [`Slot::spent`]).
+    pub fn with_expected(mut self, expected: usize) -> Self {
+        self.expected = expected;
+        self
     }
 
     /// Adds up to `jitter` requests (drawn per worker from `seed`) to each
@@ -195,13 +216,14 @@ impl<C, W> Pool<C, W> {
                 version,
                 busy: false,
                 retired: false,
+                spent: None,
                 leaving: false,
                 served: 0,
                 budget,
                 conn: None,
             },
         );
-        if self.eligible(id) {
+        if self.eligible(id, now) {
             self.hand_over(id, now, deliver);
         }
     }
@@ -236,14 +258,73 @@ impl<C, W> Pool<C, W> {
         true
     }
 
-    /// Takes the most recently freed eligible worker, if any.
-    pub fn checkout(&mut self) -> Option<Checkout<C>> {
-        while let Some(id) = self.idle.pop() {
-            if self.eligible(id) {
-                return Some(self.check_out(id));
+    /// Marks a worker as spent (its app asked to be recycled). Returns true
+    /// the first time, when the manager should be asked for a replacement.
+    pub fn spend(&mut self, id: WorkerId, now: Instant) -> bool {
+        match self.slots.get_mut(&id) {
+            Some(slot) if slot.spent.is_none() && !slot.retired && !slot.leaving => {
+                slot.spent = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes the most recently freed eligible worker, if any — a fresh one
+    /// before a spent one.
+    pub fn checkout(&mut self, now: Instant) -> Option<Checkout<C>> {
+        // The common case: a fresh worker on top.
+        while let Some(&id) = self.idle.last() {
+            if !self.stackable(id) {
+                self.idle.pop();
+            } else if !self.is_spent(id) {
+                self.idle.pop();
+                return Some(self.check_out(id, now));
+            } else {
+                break;
             }
         }
-        None
+        // Spent workers stay stacked, so that they can fill in later.
+        let slots = &self.slots;
+        let newest = self.newest;
+        self.idle
+            .retain(|w| slots.get(w).is_some_and(|s| Self::free(newest, s)));
+        let pos = self
+            .idle
+            .iter()
+            .rposition(|&w| !self.is_spent(w))
+            .or_else(|| self.idle.iter().rposition(|&w| self.eligible(w, now)))?;
+        let id = self.idle.remove(pos);
+        Some(self.check_out(id, now))
+    }
+
+    /// Hands spent workers that may fill in now (see `Slot::spent`) to
+    /// waiting requests; called now and then, since nothing else happens
+    /// when a grace runs out.
+    pub fn wake(
+        &mut self,
+        now: Instant,
+        mut deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
+    ) {
+        while !self.queue.is_empty() {
+            let Some(pos) = self.idle.iter().rposition(|&w| self.eligible(w, now)) else {
+                return;
+            };
+            let id = self.idle.remove(pos);
+            if !self.hand_over(id, now, &mut deliver) {
+                return;
+            }
+        }
+    }
+
+    fn is_spent(&self, id: WorkerId) -> bool {
+        self.slots.get(&id).is_some_and(|s| s.spent.is_some())
+    }
+
+    fn stackable(&self, id: WorkerId) -> bool {
+        self.slots
+            .get(&id)
+            .is_some_and(|s| Self::free(self.newest, s))
     }
 
     /// Queues a waiter until `deadline`, unless the queue is full.
@@ -299,12 +380,14 @@ impl<C, W> Pool<C, W> {
             };
         }
         slot.conn = conn;
-        if self.eligible(id) {
+        if self.eligible(id, now) {
             if outcome == Outcome::Busy && self.queue.is_empty() {
                 self.idle.insert(0, id);
             } else if self.hand_over(id, now, deliver) {
                 return Checkin::HandedOver;
             }
+        } else if self.stackable(id) {
+            self.idle.push(id); // spent: it may fill in later
         }
         Checkin::Done
     }
@@ -323,8 +406,10 @@ impl<C, W> Pool<C, W> {
         deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
     ) {
         if let Some(id) = self.undo(checkout) {
-            if self.eligible(id) {
+            if self.eligible(id, now) {
                 self.hand_over(id, now, deliver);
+            } else if self.stackable(id) {
+                self.idle.push(id);
             }
         }
     }
@@ -345,21 +430,44 @@ impl<C, W> Pool<C, W> {
     }
 
     fn is_current(&self, slot: &Slot<C>) -> bool {
+        Self::current(self.newest, slot)
+    }
+
+    fn current(newest: Option<u64>, slot: &Slot<C>) -> bool {
         // As the original: a worker without a version is always current.
-        match (self.newest, slot.version) {
+        match (newest, slot.version) {
             (Some(newest), Some(v)) => v >= newest,
             _ => true,
         }
     }
 
-    /// Whether `id` may take a new request.
-    fn eligible(&self, id: WorkerId) -> bool {
-        self.slots
-            .get(&id)
-            .is_some_and(|s| !s.busy && !s.retired && !s.leaving && self.is_current(s))
+    /// Free and serving: it may stay on the idle stack (a spent one too,
+    /// see `Slot::spent`).
+    fn free(newest: Option<u64>, slot: &Slot<C>) -> bool {
+        !slot.busy && !slot.retired && !slot.leaving && Self::current(newest, slot)
     }
 
-    fn check_out(&mut self, id: WorkerId) -> Checkout<C> {
+    /// Whether `id` may take a new request.
+    fn eligible(&self, id: WorkerId, now: Instant) -> bool {
+        self.slots.get(&id).is_some_and(|s| {
+            Self::free(self.newest, s)
+                && s.spent
+                    .is_none_or(|t| now >= t + SPENT_GRACE && self.short_of_fresh())
+        })
+    }
+
+    /// Whether fewer fresh (unspent, serving, current) workers have joined
+    /// than the pool should have.
+    fn short_of_fresh(&self) -> bool {
+        let fresh = self
+            .slots
+            .values()
+            .filter(|s| s.spent.is_none() && !s.retired && !s.leaving && self.is_current(s))
+            .count();
+        fresh < self.expected
+    }
+
+    fn check_out(&mut self, id: WorkerId, now: Instant) -> Checkout<C> {
         let slot = self
             .slots
             .get_mut(&id)
@@ -368,9 +476,10 @@ impl<C, W> Pool<C, W> {
         slot.served += 1;
         let limited = slot.budget > 0;
         let replace = limited && slot.served == replace_at(slot.budget);
-        let last = limited && slot.served >= slot.budget;
+        // (A spent worker filling in stays spent since it first was.)
+        let last = limited && slot.served >= slot.budget && slot.spent.is_none();
         if last {
-            slot.retired = true;
+            slot.spent = Some(now);
         }
         Checkout {
             id,
@@ -389,7 +498,7 @@ impl<C, W> Pool<C, W> {
         slot.busy = false;
         slot.served -= 1;
         if checkout.last {
-            slot.retired = false;
+            slot.spent = None;
         }
         slot.conn = checkout.conn;
         if slot.leaving {
@@ -413,11 +522,11 @@ impl<C, W> Pool<C, W> {
                 // tells it so even if the timer has not run yet.
                 continue;
             }
-            let checkout = self.check_out(id);
+            let checkout = self.check_out(id, now);
             match deliver(waiter.waiter, checkout) {
                 Ok(()) => return true,
                 Err(checkout) => {
-                    if self.undo(checkout).is_none() || !self.eligible(id) {
+                    if self.undo(checkout).is_none() || !self.eligible(id, now) {
                         return false;
                     }
                 }
@@ -431,7 +540,6 @@ impl<C, W> Pool<C, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// Waiters are names; delivery records who got which worker.
     type TestPool = Pool<&'static str, &'static str>;
@@ -475,7 +583,11 @@ mod tests {
     }
 
     fn take(p: &mut TestPool) -> Option<WorkerId> {
-        p.checkout().map(|c| c.id)
+        take_at(p, Instant::now())
+    }
+
+    fn take_at(p: &mut TestPool, now: Instant) -> Option<WorkerId> {
+        p.checkout(now).map(|c| c.id)
     }
 
     #[test]
@@ -501,10 +613,10 @@ mod tests {
         let now = Instant::now();
         let mut p = pool(8, 0);
         join(&mut p, 0, None, now);
-        let c = p.checkout().expect("worker");
+        let c = p.checkout(now).expect("worker");
         assert_eq!(c.conn, None);
         checkin(&mut p, 0, Outcome::Done, now);
-        assert_eq!(p.checkout().expect("worker").conn, Some("conn"));
+        assert_eq!(p.checkout(now).expect("worker").conn, Some("conn"));
     }
 
     #[test]
@@ -592,7 +704,7 @@ mod tests {
         // Second of a budget of 3: the failed delivery did not count.
         assert_eq!(got, vec![("alive", 0, false)]);
         checkin(&mut p, 0, Outcome::Done, now);
-        assert!(p.checkout().expect("third").last);
+        assert!(p.checkout(now).expect("third").last);
     }
 
     #[test]
@@ -600,11 +712,11 @@ mod tests {
         let now = Instant::now();
         let mut p = pool(8, 2);
         join(&mut p, 0, None, now);
-        let c = p.checkout().expect("worker");
+        let c = p.checkout(now).expect("worker");
         p.give_back(c, now, |_, c| Err(c));
-        assert!(!p.checkout().expect("first").last);
+        assert!(!p.checkout(now).expect("first").last);
         checkin(&mut p, 0, Outcome::Done, now);
-        assert!(p.checkout().expect("second").last);
+        assert!(p.checkout(now).expect("second").last);
     }
 
     #[test]
@@ -614,7 +726,7 @@ mod tests {
         join(&mut p, 0, None, now);
         let mut replace_asked = Vec::new();
         for n in 1..=20 {
-            let c = p.checkout().expect("within the budget");
+            let c = p.checkout(now).expect("within the budget");
             if c.replace {
                 replace_asked.push(n);
             }
@@ -632,6 +744,85 @@ mod tests {
     }
 
     #[test]
+    fn spent_workers_fill_in_while_the_pool_is_short_of_fresh_ones() {
+        let now = Instant::now();
+        let later = now + SPENT_GRACE;
+        let mut p = pool(8, 0).with_expected(2);
+        join(&mut p, 0, None, now);
+        join(&mut p, 1, None, now);
+        assert!(p.spend(1, now), "the first recycle asks for a replacement");
+        assert!(!p.spend(1, now), "once");
+        // A fresh worker goes first, though the spent one is on top; the
+        // spent one gets nothing while its replacement may be booting.
+        assert_eq!(take_at(&mut p, now), Some(0));
+        assert_eq!(take_at(&mut p, now), None);
+        // Still short of fresh workers a grace later (the replacement cannot
+        // start): the spent one serves rather than let requests queue.
+        assert_eq!(take_at(&mut p, later), Some(1));
+        checkin(&mut p, 0, Outcome::Done, later);
+        checkin(&mut p, 1, Outcome::Done, later);
+        // Its replacement joins: the pool is whole, the spent one idles
+        // until the manager stops it.
+        join(&mut p, 2, None, later);
+        let mut got: Vec<_> = (0..3).map(|_| take_at(&mut p, later)).collect();
+        got.sort();
+        assert_eq!(got, vec![None, Some(0), Some(2)]);
+        assert_eq!(p.stats().workers, 3, "counted until it quits");
+    }
+
+    #[test]
+    fn used_up_budgets_keep_serving_while_replacements_fail() {
+        let now = Instant::now();
+        let later = now + SPENT_GRACE;
+        let mut p = pool(8, 3).with_expected(2);
+        join(&mut p, 0, None, now);
+        join(&mut p, 1, None, now);
+        for _ in 0..6 {
+            let id = take_at(&mut p, now).expect("within the budgets");
+            checkin(&mut p, id, Outcome::Done, now);
+        }
+        assert_eq!(take_at(&mut p, now), None, "nothing past the budgets");
+        // No replacement has joined a grace later (a broken deploy): the
+        // old code keeps serving.
+        for _ in 0..10 {
+            let id = take_at(&mut p, later).expect("spent but not replaced");
+            let (retired, _) = checkin(&mut p, id, Outcome::Done, later);
+            assert!(!retired);
+        }
+        // An abandoned exchange still retires a spent worker for good.
+        let id = take_at(&mut p, later).expect("a worker");
+        checkin(&mut p, id, Outcome::Abandoned, later);
+        let other = take_at(&mut p, later).expect("the other");
+        assert_ne!(other, id);
+        checkin(&mut p, other, Outcome::Done, later);
+        assert_eq!(take_at(&mut p, later), Some(other));
+    }
+
+    #[test]
+    fn a_queued_request_gets_a_spent_worker_once_its_grace_is_over() {
+        let now = Instant::now();
+        let mut p = pool(8, 1).with_expected(1);
+        join(&mut p, 0, None, now);
+        assert_eq!(take_at(&mut p, now), Some(0));
+        checkin(&mut p, 0, Outcome::Done, now);
+        assert!(matches!(
+            p.enqueue("a", now + SPENT_GRACE * 2),
+            Enqueue::Queued(_)
+        ));
+        let mut got = Vec::new();
+        p.wake(now, |w, c| {
+            got.push((w, c.id));
+            Ok(())
+        });
+        assert_eq!(got, vec![], "its replacement may still be booting");
+        p.wake(now + SPENT_GRACE, |w, c| {
+            got.push((w, c.id));
+            Ok(())
+        });
+        assert_eq!(got, vec![("a", 0)]);
+    }
+
+    #[test]
     fn jitter_spreads_budgets_within_its_range() {
         let now = Instant::now();
         let mut p = pool(8, 10).with_jitter(5, 42);
@@ -640,7 +831,7 @@ mod tests {
             join(&mut p, id, None, now);
             let mut served = 0;
             loop {
-                let c = p.checkout().expect("worker");
+                let c = p.checkout(now).expect("worker");
                 served += 1;
                 let last = c.last;
                 checkin(&mut p, c.id, Outcome::Done, now);

@@ -479,7 +479,7 @@ impl Proxy {
                     content_type,
                 } = relayed;
                 if recycle {
-                    lease.retire();
+                    lease.recycle();
                 }
                 let mut handed_over = false;
                 if upstream_done {
