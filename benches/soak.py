@@ -20,7 +20,8 @@ through the server (1 GiB up and 1 GiB down at once) and prints:
     python3 benches/soak.py --minutes 1 --lb-kills 2
 
 A request is "failed" if it got a non-2xx answer; a worker or app kill may
-fail the one request that worker had in flight (a 502). An LB kill closes
+fail the one request that worker had in flight (a 502, or a response cut
+short if it had begun: counted with the failures). An LB kill closes
 the connections it held, so the requests in flight on them get no answer
 (a reset): those are counted apart. Loopback only; everything it starts is
 stopped by pid at the end.
@@ -81,13 +82,14 @@ def rss_kib(pid, field="VmRSS"):
 
 
 class Server:
-    def __init__(self, runtime):
+    def __init__(self, runtime, log):
         self.dir = tempfile.mkdtemp(prefix="ripsoak")
+        self.log = open(log, "w") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [BIN, APP, "http:0", "w:%d" % WORKERS, "--runtime=" + runtime,
              "--hot-reload=none", "--no-access-log", "--max-body=2G",
              "--socket-dir=" + self.dir],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.proc.stdout.readline()
         self.port = int(line.split("http://")[1].split()[0].rsplit(":", 1)[1])
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
@@ -259,11 +261,12 @@ def main():
     parser.add_argument("--kill-every", type=float, default=5, help="seconds between worker/app kills")
     parser.add_argument("--lb-kills", type=int, default=0, help="SIGKILL the LB this many times")
     parser.add_argument("--runtime", default="bun", choices=("bun", "node"))
+    parser.add_argument("--log", help="write rip-server's log (its stderr) to this file")
     args = parser.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
 
-    server = Server(args.runtime)
+    server = Server(args.runtime, args.log)
     lb = server.role("lb")[0]
     rss_before = {"lb": rss_kib(lb), "workers": sum(rss_kib(p) for p in server.role("worker"))}
     tally = Tally()
@@ -279,7 +282,7 @@ def main():
     end = started + args.minutes * 60
     next_kill = started + args.kill_every
     lb_times = [started + (i + 1) * (end - started) / (args.lb_kills + 1) for i in range(args.lb_kills)]
-    lb_reset_errors = 0
+    lb_reset_errors = Counter()
     last_kill = started
     n = 0
     while time.monotonic() < end:
@@ -290,12 +293,12 @@ def main():
         now = time.monotonic()
         if lb_times and now >= lb_times[0]:
             lb_times.pop(0)
-            before = sum(tally.errors.values())
+            before = Counter(tally.errors)
             for pid in server.role("lb"):
                 os.kill(pid, signal.SIGKILL)
                 kills["lb"] += 1
             time.sleep(1)
-            lb_reset_errors += sum(tally.errors.values()) - before
+            lb_reset_errors += Counter(tally.errors) - before
             last_kill = time.monotonic()
         if now >= next_kill:
             next_kill = now + args.kill_every
@@ -324,6 +327,12 @@ def main():
     failed = sum(c for s, c in tally.statuses.items() if not 200 <= s < 300)
     worker_kills = kills["worker"] + kills["app"]
     transport = sum(tally.errors.values())
+    # Away from LB kills, a response cut short is the one request a killed
+    # worker or app had in flight once its answer had begun (no 502 can be
+    # sent then); any other error there is a lost request.
+    elsewhere = Counter(tally.errors) - lb_reset_errors
+    cut_short = elsewhere.pop("IncompleteRead", 0)
+    lost = sum(elsewhere.values())
     print("soak: %.1f min, %d clients, %s app, w:%d, kills every %.1f s, %d LB kills"
           % (args.minutes, args.clients, args.runtime, WORKERS, args.kill_every, args.lb_kills))
     print("requests:           %d (%.0f/s)" % (tally.requests, tally.requests / (args.minutes * 60)))
@@ -331,18 +340,21 @@ def main():
     for (status, body), count in sorted(tally.failures.items()):
         print("  %d x %d %r" % (count, status, body))
     print("no answer:          %d %s" % (transport, dict(tally.errors) if transport else ""))
-    print("  of which at LB kills: %d" % lb_reset_errors)
+    print("  at LB kills:      %d" % sum(lb_reset_errors.values()))
+    print("  cut short:        %d (responses begun when their worker or app was killed)" % cut_short)
+    print("  otherwise lost:   %d %s" % (lost, dict(elsewhere) if lost else ""))
     print("corrupted echoes:   %d" % tally.corrupt)
     print("kills:              %d worker, %d app, %d lb" % (kills["worker"], kills["app"], kills["lb"]))
-    print("failed answers:     %d for %d worker/app kills (%s)"
-          % (failed, worker_kills, "ok" if failed <= worker_kills else "MORE THAN KILLS"))
+    print("failed answers:     %d (+ %d cut short) for %d worker/app kills (%s)"
+          % (failed, cut_short, worker_kills,
+             "ok" if failed + cut_short <= worker_kills else "MORE THAN KILLS"))
     print("workers back:       %s, %.1f s after the last kill" % ("yes" if back else "NO", back_after))
     print("1 GiB echo:         %s" % ("byte-exact" if upload_ok else "FAILED"))
     print("RSS (MiB):          LB %.1f before, %.1f peak, %.1f after; workers %.1f before, %.1f after (sum), %.1f peak (one)"
           % (rss_before["lb"] / 1024, lb_peak / 1024, rss_after["lb"] / 1024,
              rss_before["workers"] / 1024, rss_after["workers"] / 1024, worker_peak / 1024))
-    ok = (failed <= worker_kills and tally.corrupt == 0 and back and upload_ok
-          and transport == lb_reset_errors)
+    ok = (failed + cut_short <= worker_kills and tally.corrupt == 0 and back and upload_ok
+          and lost == 0)
     print("verdict:            %s" % ("PASS" if ok else "FAIL"))
     sys.exit(0 if ok else 1)
 
