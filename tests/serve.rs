@@ -246,6 +246,10 @@ fn a_worker_lost_mid_request_is_a_502() {
     // The other worker serves meanwhile; the lost ones come back.
     assert_eq!(server.get("/pid").status, 200);
     server.wait_workers(2);
+    // A client that asked to close is told the connection closes.
+    let lost = server.request("GET", "/die", &[("Connection", "close")], b"");
+    assert_eq!(lost.status, 502);
+    assert_eq!(lost.header("connection"), Some("close"));
 }
 
 #[test]

@@ -61,19 +61,9 @@ pub(super) async fn serve(
             Some(own) => {
                 // A body sent to the LB's own routes is not read: close.
                 let close = closing || !head.keep_alive || head.body != http1::Framing::None;
-                let own = Own {
-                    close,
-                    ..own.as_own()
-                };
-                if client
-                    .answer(&lb.proxy.log, Some(&head), own, received)
+                client
+                    .reply(&lb.proxy.log, &head, own.as_own(), close, received)
                     .await
-                    && !close
-                {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                }
             }
             None => {
                 lb.proxy

@@ -720,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_is_retired_after_its_request_budget() {
+    fn a_worker_is_spent_after_its_request_budget() {
         let now = Instant::now();
         let mut p = pool(8, 20);
         join(&mut p, 0, None, now);

@@ -106,6 +106,28 @@ impl Client {
         sent
     }
 
+    /// Sends an answer of the LB's own, closing the connection as well if
+    /// `close` (or the answer) says so; whether the connection goes on.
+    pub async fn reply(
+        &mut self,
+        log: &AccessLog,
+        head: &RequestHead,
+        own: Own<'_>,
+        close: bool,
+        received: Instant,
+    ) -> Next {
+        let own = Own {
+            close: own.close || close,
+            ..own
+        };
+        let close = own.close;
+        if self.answer(log, Some(head), own, received).await && !close {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
     /// Gives back memory a large body made the buffers grow to.
     pub fn shrink(&mut self) {
         for buf in [&mut self.buf, &mut self.resp_head, &mut self.req_head] {
@@ -254,7 +276,7 @@ impl Proxy {
     ) -> Next {
         let body = Body::new(head.body, self.max_body);
         let has_body = !body.done;
-        let mut close = closing || !head.keep_alive;
+        let close = closing || !head.keep_alive;
         if let Framing::Length(n) = head.body {
             if n > self.max_body {
                 // Refused before any app sees a byte of it.
@@ -276,18 +298,14 @@ impl Proxy {
                         Reject::QueueFull => (503, "Service Unavailable", "Server busy", true),
                         Reject::QueueTimeout => (504, "Gateway Timeout", "Queue timeout", false),
                     };
-                    // An unread body cannot be skipped: the connection ends.
-                    let close = close || has_body;
                     let own = Own {
                         retry_after,
-                        ..Own::text(status, reason, text, close)
+                        ..Own::text(status, reason, text, false)
                     };
-                    let sent = client.answer(&self.log, Some(head), own, received).await;
-                    return if sent && !close {
-                        Next::KeepAlive
-                    } else {
-                        Next::Close
-                    };
+                    // An unread body cannot be skipped: the connection ends.
+                    return client
+                        .reply(&self.log, head, own, close || has_body, received)
+                        .await;
                 }
             };
             match self
@@ -297,27 +315,17 @@ impl Proxy {
                 Attempt::Done(next) => return next,
                 Attempt::Retry => {}
                 Attempt::Answer(own) => {
-                    close |= own.close;
-                    let sent = client.answer(&self.log, Some(head), own, received).await;
-                    return if sent && !close {
-                        Next::KeepAlive
-                    } else {
-                        Next::Close
-                    };
+                    return client.reply(&self.log, head, own, close, received).await;
                 }
             }
         }
         let own = Own {
             retry_after: true,
-            ..Own::text(503, "Service Unavailable", "Server busy", close || has_body)
+            ..Own::text(503, "Service Unavailable", "Server busy", false)
         };
-        let close = own.close;
-        let sent = client.answer(&self.log, Some(head), own, received).await;
-        if sent && !close {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        }
+        client
+            .reply(&self.log, head, own, close || has_body, received)
+            .await
     }
 
     /// One try with one worker.
@@ -483,10 +491,9 @@ impl Proxy {
                 }
                 let mut handed_over = false;
                 if upstream_done {
+                    // The worker's buffers stay as large as its bodies made
+                    // them: there is one set per worker, not per client.
                     let keep = reusable && body.done && upstream.buf.is_empty();
-                    if keep && upstream.buf.capacity() > KEEP_CAPACITY {
-                        upstream.buf.shrink_to(HEAD_CHUNK);
-                    }
                     handed_over = lease.release(keep.then_some(upstream));
                 } else {
                     drop(lease); // abandoned mid-body: retired
