@@ -160,6 +160,10 @@ pub struct Options {
     #[arg(long, env = "RIP_LB_THREADS", value_name = "N", default_value_t = 1)]
     pub lb_threads: usize,
 
+    /// Forward request header names that contain '_' (dropped by default: CGI-style apps read them as '-')
+    #[arg(long, env = "RIP_ALLOW_UNDERSCORE_HEADERS")]
+    pub allow_underscore_headers: bool,
+
     /// Write access log lines as JSON
     #[arg(long = "json-logging", visible_alias = "json")]
     pub json_logging: bool,

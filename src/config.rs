@@ -62,6 +62,8 @@ pub struct Config {
     pub max_body: u64,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Forward request header names with underscores.
+    pub underscore_headers: bool,
     /// Threads of the LB's runtime; 1 = a current-thread runtime.
     pub lb_threads: usize,
     pub variant: String,
@@ -189,6 +191,7 @@ impl Config {
             max_body: options.max_body,
             header_timeout: Duration::from_millis(options.header_timeout_ms),
             idle_timeout: Duration::from_millis(options.idle_timeout_ms),
+            underscore_headers: options.allow_underscore_headers,
             lb_threads: options.lb_threads,
             variant: options.variant.clone(),
             paths,
@@ -223,6 +226,9 @@ impl Config {
             format!("--socket-dir={}", self.paths.dir().display()),
             format!("--runtime={}", self.app.runtime_arg()),
         ];
+        if self.underscore_headers {
+            args.push("--allow-underscore-headers".into());
+        }
         match self.access_log {
             AccessLog::Off => args.push("--no-access-log".into()),
             AccessLog::Json => args.push("--json-logging".into()),

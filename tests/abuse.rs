@@ -46,13 +46,13 @@ fn malformed_requests_get_400_and_the_connection_closes() {
     server.wait_workers(1);
     for bad in [
         &b"GARBAGE\r\n\r\n"[..],
-        b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nNo colon here\r\n\r\n",
         b"GET / HTTP/9.9\r\n\r\n",
-        b"GET /\x01 HTTP/1.1\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
-        b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     ] {
         let (answer, closed) = raw(server.port, bad);
@@ -92,7 +92,7 @@ fn bodies_over_the_limit_get_413_and_a_declared_one_never_reaches_the_app() {
     server.wait_workers(1);
     let (answer, closed) = raw(
         server.port,
-        b"POST /echo HTTP/1.1\r\nContent-Length: 2000\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n",
     );
     assert_eq!(status_of(&answer), 413, "{answer}");
     assert!(closed);
@@ -104,7 +104,7 @@ fn bodies_over_the_limit_get_413_and_a_declared_one_never_reaches_the_app() {
     // Chunked: refused while streaming, once past the limit.
     let chunk = format!("400\r\n{}\r\n", "x".repeat(1024));
     let body =
-        format!("POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n");
+        format!("POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n");
     let (answer, _) = raw(server.port, body.as_bytes());
     assert_eq!(status_of(&answer), 413, "{answer}");
     // Within the limit all is well.
@@ -121,7 +121,9 @@ fn a_bad_chunk_midway_is_refused_and_the_worker_recovers() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     stream
-        .write_all(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
         .unwrap();
     eventually("the request to reach the worker", || {
         (server.status()?["busy"] == 1).then_some(())

@@ -32,11 +32,13 @@ pub(super) async fn serve(
     lb: Arc<Lb>,
     socket: Socket,
     peer: SocketAddr,
+    local: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut client = Client::new(socket, Some(peer.ip()));
+    let mut client = Client::new(socket, Some(peer.ip()), local.to_string());
+    let underscores = lb.underscore_headers;
     loop {
-        let head = match read_head(&mut client, &mut stop, lb.timeouts).await {
+        let head = match read_head(&mut client, &mut stop, lb.timeouts, underscores).await {
             Some(Ok(head)) => head,
             Some(Err(refused)) => {
                 let (status, reason) = refused.status();
@@ -85,12 +87,18 @@ async fn read_head(
     client: &mut Client,
     stop: &mut watch::Receiver<bool>,
     timeouts: Timeouts,
+    underscores: bool,
 ) -> Option<Result<RequestHead, HeadError>> {
     let idle_deadline = Instant::now() + timeouts.idle;
     let mut head_deadline = None;
     loop {
         if !client.buf.is_empty() {
-            match http1::parse_request(&client.buf, client.peer, &mut client.req_head) {
+            let context = http1::Context {
+                client: client.peer,
+                host: Some(&client.host),
+                underscores,
+            };
+            match http1::parse_request(&client.buf, &context, &mut client.req_head) {
                 Ok(Some(head)) => return Some(Ok(head)),
                 Ok(None) => {}
                 Err(refused) => return Some(Err(refused)),

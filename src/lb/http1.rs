@@ -165,11 +165,165 @@ fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, ()> {
     }
 }
 
+/// What a request head is read with besides its bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context<'a> {
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub client: Option<IpAddr>,
+    /// The `Host` an HTTP/1.0 request without one is given: the address the
+    /// client connected to.
+    pub host: Option<&'a str>,
+    /// Keep header names with underscores (`--allow-underscore-headers`).
+    pub underscores: bool,
+}
+
+/// Whether a head has a line end other than CR LF: a bare LF (which many
+/// parsers behind us take as a line end, some not) or a bare CR. Either
+/// would let two parsers disagree on where a field, or the head, ends.
+fn bare_line_end(head: &[u8]) -> bool {
+    if head.first() == Some(&b'\n') {
+        return true;
+    }
+    // Byte by byte: a LF exactly where a CR precedes. (The head ends in LF,
+    // so no CR is last.) No early exit, so that it compiles to wide
+    // compares: a head costs a few dozen instructions.
+    let mut bad = false;
+    for (&before, &at) in head.iter().zip(&head[1..]) {
+        bad |= (at == b'\n') != (before == b'\r');
+    }
+    bad
+}
+
+/// Whether `value` is a valid `Host`: `uri-host [ ":" port ]` (RFC 9110
+/// §7.2, RFC 3986 §3.2.2), possibly empty.
+fn valid_host(value: &[u8]) -> bool {
+    fn reg_name_char(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b)
+    }
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &value[1..end];
+        if literal.is_empty() || !literal.iter().all(|&b| reg_name_char(b) || b == b':') {
+            return false;
+        }
+        (&value[..0], &value[end + 1..])
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &value[..0]),
+        }
+    };
+    if !host.iter().all(|&b| reg_name_char(b)) {
+        return false;
+    }
+    match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
+}
+
+/// The forms of a request target (RFC 9112 §3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// `/path?query`, `*` (OPTIONS only): forwarded as it is.
+    Origin,
+    /// `http://authority/path?query`: forwarded in origin form, with the
+    /// authority as `Host`. `path` may be empty (then `/` is sent).
+    Absolute {
+        authority: Range<usize>,
+        path: Range<usize>,
+    },
+}
+
+/// Classifies the target at `range` in `buf`. Anything else — a relative
+/// path, a fragment, userinfo, a scheme other than http(s) — is refused:
+/// no two parsers agree on what it means.
+fn target_form(buf: &[u8], range: Range<usize>, method: &Method) -> Result<Target, HeadError> {
+    let target = &buf[range.clone()];
+    if target.contains(&b'#') {
+        return Err(HeadError::Malformed("fragment in the request target"));
+    }
+    if target.first() == Some(&b'/') {
+        return Ok(Target::Origin);
+    }
+    if target == b"*" {
+        return if method == Method::OPTIONS {
+            Ok(Target::Origin)
+        } else {
+            Err(HeadError::Malformed(
+                "'*' target for a method other than OPTIONS",
+            ))
+        };
+    }
+    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else {
+        return Err(HeadError::Malformed("bad request target"));
+    };
+    let after = &target[rest..];
+    let end = after
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(after.len());
+    let authority = &after[..end];
+    if authority.is_empty() || !valid_host(authority) {
+        return Err(HeadError::Malformed("bad authority in the request target"));
+    }
+    let start = range.start + rest;
+    Ok(Target::Absolute {
+        authority: start..start + end,
+        path: start + end..range.end,
+    })
+}
+
+/// Whether a header name with underscores would, read with `-` for `_` as
+/// CGI and WSGI do, name a field the LB controls (framing, `Host`, hop-by-hop,
+/// forwarding, the worker protocol): such a name is never forwarded.
+fn controlled_when_dashed(name: &str) -> bool {
+    let same = |b: u8, t: u8| {
+        (if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }) == t
+    };
+    let prefixed = |prefix: &str| {
+        name.len() > prefix.len() && name.bytes().zip(prefix.bytes()).all(|(b, t)| same(b, t))
+    };
+    CONTROLLED
+        .iter()
+        .any(|t| name.len() == t.len() && name.bytes().zip(t.bytes()).all(|(b, t)| same(b, t)))
+        || prefixed("x-forwarded-")
+        || prefixed("rip-worker-")
+}
+
+/// Fields an app must get from the LB alone (with [`controlled_when_dashed`]'s
+/// prefixes `x-forwarded-` and `rip-worker-`).
+const CONTROLLED: [&str; 12] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "forwarded",
+    "x-real-ip",
+];
+
 /// Parses a request head at the start of `buf`. `Ok(None)`: incomplete.
 /// On success the head the worker gets is in `out` (cleared first).
 pub fn parse_request(
     buf: &[u8],
-    client: Option<IpAddr>,
+    context: &Context<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -184,6 +338,9 @@ pub fn parse_request(
     if len > MAX_HEAD {
         return Err(HeadError::TooLarge);
     }
+    if bare_line_end(&buf[..len]) {
+        return Err(HeadError::Malformed("a line end other than CR LF"));
+    }
     let method_str = request.method.unwrap_or("");
     let method = Method::from_bytes(method_str.as_bytes())
         .map_err(|_| HeadError::Malformed("bad method"))?;
@@ -193,10 +350,12 @@ pub fn parse_request(
     let target_str = request.path.unwrap_or("");
     let http10 = request.version == Some(0);
     let target = offset_of(buf, target_str.as_bytes());
+    let form = target_form(buf, target.clone(), &method)?;
 
     let mut connection: Vec<&[u8]> = Vec::new();
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    let mut host: Option<&[u8]> = None;
     let mut hosts = 0;
     let mut expect_continue = false;
     let mut forwarded_for: Option<&[u8]> = None;
@@ -216,9 +375,15 @@ pub fn parse_request(
                 }
                 chunked = true;
             }
-            Field::Host => hosts += 1,
+            Field::Host => {
+                hosts += 1;
+                host = Some(f.value);
+            }
+            // An HTTP/1.0 client cannot expect `100 Continue` (RFC 9110
+            // §10.1.1): the expectation is ignored.
             Field::Expect => {
-                expect_continue = f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+                expect_continue =
+                    !http10 && f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
             }
             Field::ForwardedFor => forwarded_for = Some(f.value),
             _ => {}
@@ -232,8 +397,14 @@ pub fn parse_request(
     if chunked && http10 {
         return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"));
     }
+    // RFC 9112 §3.2: exactly one valid Host in HTTP/1.1.
     if hosts > 1 {
         return Err(HeadError::Malformed("more than one Host"));
+    }
+    match host {
+        Some(value) if !valid_host(value) => return Err(HeadError::Malformed("bad Host")),
+        None if !http10 => return Err(HeadError::Malformed("no Host")),
+        _ => {}
     }
     let body = match (chunked, length) {
         (true, _) => Framing::Chunked,
@@ -249,18 +420,41 @@ pub fn parse_request(
     out.clear();
     out.extend_from_slice(method_str.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target_str.as_bytes());
+    let path = match &form {
+        Target::Origin => target.clone(),
+        Target::Absolute { path, .. } => {
+            if path.is_empty() || buf[path.start] == b'?' {
+                out.push(b'/');
+            }
+            path.clone()
+        }
+    };
+    out.extend_from_slice(&buf[path.clone()]);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for f in request.headers.iter() {
         let kept = match field(f.name) {
-            Field::Kept | Field::Host | Field::Date | Field::ContentType => {
-                !listed(&connection, f.name)
+            Field::Host => matches!(form, Target::Origin),
+            Field::Kept if f.name.bytes().any(|b| b == b'_') => {
+                context.underscores
+                    && !controlled_when_dashed(f.name)
+                    && !listed(&connection, f.name)
             }
+            Field::Kept | Field::Date | Field::ContentType => !listed(&connection, f.name),
             _ => false,
         };
         if kept {
             put_header(out, f.name.as_bytes(), f.value);
         }
+    }
+    match (&form, host) {
+        (Target::Absolute { authority, .. }, _) => {
+            put_header(out, b"host", &buf[authority.clone()])
+        }
+        // HTTP/1.0 without Host reaches the app as HTTP/1.1, so it gets one.
+        (Target::Origin, None) => {
+            put_header(out, b"host", context.host.unwrap_or("localhost").as_bytes())
+        }
+        _ => {}
     }
     match body {
         Framing::Length(n) => put_number(out, b"content-length", n),
@@ -269,7 +463,7 @@ pub fn parse_request(
         Framing::None if length.is_some() => out.extend_from_slice(b"content-length: 0\r\n"),
         _ => {}
     }
-    if let Some(ip) = client {
+    if let Some(ip) = context.client {
         out.extend_from_slice(b"x-forwarded-for: ");
         if let Some(prior) = forwarded_for {
             out.extend_from_slice(prior);
@@ -287,7 +481,7 @@ pub fn parse_request(
     Ok(Some(RequestHead {
         len,
         method,
-        target,
+        target: path,
         http10,
         body,
         keep_alive,
@@ -392,14 +586,19 @@ pub fn parse_response(
         Err(_) => return Err("malformed response head"),
     };
     let status = response.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        return Err("status code out of range");
+    }
     if (100..200).contains(&status) {
         if status == 101 {
             return Err("the app switched protocols");
         }
         return Ok((Parsed::Interim(len), Relay::None, close));
     }
+    let http10 = response.version == Some(0);
     let mut connection: Vec<&[u8]> = Vec::new();
     let mut length: Option<u64> = None;
+    let mut codings = 0;
     let mut chunked = false;
     let mut busy = false;
     let mut recycle = false;
@@ -407,13 +606,14 @@ pub fn parse_response(
     for f in response.headers.iter() {
         match field(f.name) {
             Field::Connection => connection.push(f.value),
-            Field::ContentLength => length = content_length(f.value, length).ok().or(length),
+            // RFC 9112 §6.3: a proxy must not forward a response whose
+            // length it cannot tell for sure.
+            Field::ContentLength => {
+                length = Some(content_length(f.value, length).map_err(|_| "bad Content-Length")?)
+            }
             Field::TransferEncoding => {
-                chunked = f.value.trim_ascii().eq_ignore_ascii_case(b"chunked")
-                    || f.value
-                        .trim_ascii()
-                        .to_ascii_lowercase()
-                        .ends_with(b", chunked")
+                codings += 1;
+                chunked = f.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
             }
             Field::WorkerBusy => busy = f.value.trim_ascii() == b"1",
             Field::WorkerRecycle => recycle = f.value.trim_ascii() == b"1",
@@ -421,7 +621,19 @@ pub fn parse_response(
             _ => {}
         }
     }
-    let http10 = response.version == Some(0);
+    if codings > 0 {
+        // Only `chunked`, which the LB decodes: any other coding would be
+        // relayed with a framing the LB cannot check, or rewritten.
+        if codings > 1 || !chunked {
+            return Err("unsupported transfer coding");
+        }
+        if length.is_some() {
+            return Err("both Content-Length and Transfer-Encoding");
+        }
+        if http10 {
+            return Err("Transfer-Encoding in an HTTP/1.0 response");
+        }
+    }
     let no_body = head_request || status == 204 || status == 304;
     let body = if no_body {
         Framing::None
@@ -436,7 +648,11 @@ pub fn parse_response(
     } else {
         Framing::UntilClose
     };
+    // After HEAD, 204 or 304 the app may still write the body its headers
+    // describe (a common bug): what comes next on the connection cannot be
+    // trusted to be the next response, so it is not reused.
     let reusable = body != Framing::UntilClose
+        && !no_body
         && if http10 {
             listed(&connection, "keep-alive")
         } else {
@@ -467,8 +683,6 @@ pub fn parse_response(
             | Field::Expect
             | Field::ForwardedFor
             | Field::ContentType => !listed(&connection, f.name),
-            // The length stands as given unless the body is re-framed.
-            Field::ContentLength => matches!(relay, Relay::Pass(Framing::Length(_)) | Relay::None),
             _ => false,
         };
         if kept {
@@ -478,12 +692,18 @@ pub fn parse_response(
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\n");
-    match relay {
-        Relay::Pass(Framing::Chunked) | Relay::Chunk => {
+    match (relay, length) {
+        // The length stands (as one value) unless the body is re-framed.
+        (Relay::Pass(Framing::Length(_)) | Relay::None, Some(n)) => {
+            put_number(out, b"content-length", n)
+        }
+        (Relay::Pass(Framing::Chunked) | Relay::Chunk, _) => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n")
         }
-        Relay::None if length.is_none() && !no_body => {
-            out.extend_from_slice(b"content-length: 0\r\n")
+        (Relay::None, None) if !no_body => out.extend_from_slice(b"content-length: 0\r\n"),
+        // HEAD of a chunked response: say how the GET would be framed.
+        (Relay::None, None) if head_request && chunked => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n")
         }
         _ => {}
     }
@@ -601,170 +821,31 @@ impl DateCache {
     }
 }
 
-/// Follows a chunked body through arbitrary splits of its bytes, to find
-/// where it ends and to refuse a malformed one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Chunked {
-    state: ChunkState,
-    /// Data bytes left in the current chunk, or the size being read.
-    size: u64,
-    /// Bytes in the current size or trailer line (bounded).
-    line: usize,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Size,
-    /// After the size: extensions up to CR.
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or the final empty line).
-    TrailerStart,
-    Trailer,
-    TrailerLf,
-    FinalLf,
-    Done,
-}
-
-/// The longest chunk-size line or trailer line accepted.
-const MAX_LINE: usize = 4096;
-
-impl Chunked {
-    pub fn is_done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    /// Consumes bytes of the body from the start of `input`; returns how
-    /// many belong to it (all of them unless the body ended inside), and
-    /// calls `data` with the ranges that are chunk data.
-    pub fn feed(
-        &mut self,
-        input: &[u8],
-        mut data: impl FnMut(Range<usize>),
-    ) -> Result<usize, &'static str> {
-        use ChunkState::*;
-        let mut i = 0;
-        while i < input.len() && self.state != Done {
-            let b = input[i];
-            match self.state {
-                Size => match hex(b) {
-                    Some(d) => {
-                        if self.line >= 15 {
-                            return Err("chunk size too large");
-                        }
-                        self.size = self.size * 16 + u64::from(d);
-                        self.line += 1;
-                    }
-                    None if self.line == 0 => return Err("bad chunk size"),
-                    None if b == b'\r' => self.state = SizeLf,
-                    None if b == b';' || b == b' ' || b == b'\t' => self.state = Extension,
-                    None => return Err("bad chunk size"),
-                },
-                Extension => {
-                    self.line += 1;
-                    if self.line > MAX_LINE {
-                        return Err("chunk extension too long");
-                    }
-                    if b == b'\r' {
-                        self.state = SizeLf;
-                    } else if b == b'\n' {
-                        return Err("bad chunk line");
-                    }
-                }
-                SizeLf => {
-                    if b != b'\n' {
-                        return Err("bad chunk line");
-                    }
-                    self.line = 0;
-                    self.state = if self.size == 0 { TrailerStart } else { Data };
-                }
-                Data => {
-                    let n = (self.size).min((input.len() - i) as u64) as usize;
-                    data(i..i + n);
-                    self.size -= n as u64;
-                    i += n;
-                    if self.size == 0 {
-                        self.state = DataCr;
-                    }
-                    continue;
-                }
-                DataCr => {
-                    if b != b'\r' {
-                        return Err("chunk data longer than its size");
-                    }
-                    self.state = DataLf;
-                }
-                DataLf => {
-                    if b != b'\n' {
-                        return Err("bad chunk end");
-                    }
-                    self.state = Size;
-                }
-                TrailerStart => {
-                    if b == b'\r' {
-                        self.state = FinalLf;
-                    } else {
-                        self.line = 1;
-                        self.state = Trailer;
-                    }
-                }
-                Trailer => {
-                    self.line += 1;
-                    if self.line > MAX_LINE {
-                        return Err("trailer too long");
-                    }
-                    if b == b'\r' {
-                        self.state = TrailerLf;
-                    }
-                }
-                TrailerLf => {
-                    if b != b'\n' {
-                        return Err("bad trailer line");
-                    }
-                    self.line = 0;
-                    self.state = TrailerStart;
-                }
-                FinalLf => {
-                    if b != b'\n' {
-                        return Err("bad chunked body end");
-                    }
-                    self.state = Done;
-                }
-                Done => {}
-            }
-            i += 1;
-        }
-        Ok(i)
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Writes the chunk header for `len` bytes (`len` in hex, CRLF).
-pub fn chunk_header(len: usize, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(out, "{len:x}\r\n");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request(raw: &str) -> Result<Option<(RequestHead, String)>, HeadError> {
+    const CONTEXT: Context<'static> = Context {
+        client: Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3))),
+        host: Some("127.0.0.1:3000"),
+        underscores: false,
+    };
+
+    fn request_in(
+        raw: &str,
+        context: &Context<'_>,
+    ) -> Result<Option<(RequestHead, String)>, HeadError> {
         let mut out = Vec::new();
-        parse_request(raw.as_bytes(), Some("10.1.2.3".parse().unwrap()), &mut out)
+        parse_request(raw.as_bytes(), context, &mut out)
             .map(|head| head.map(|h| (h, String::from_utf8(out).unwrap())))
+    }
+
+    fn request(raw: &str) -> Result<Option<(RequestHead, String)>, HeadError> {
+        request_in(raw, &CONTEXT)
+    }
+
+    fn refused(raw: &str) -> bool {
+        matches!(request(raw), Err(HeadError::Malformed(_)))
     }
 
     fn ok(raw: &str) -> (RequestHead, String) {
@@ -785,7 +866,7 @@ mod tests {
 
     #[test]
     fn the_target_and_path_are_found() {
-        let raw = "GET /a/b?c=d HTTP/1.1\r\n\r\n";
+        let raw = "GET /a/b?c=d HTTP/1.1\r\nHost: a\r\n\r\n";
         let (head, _) = ok(raw);
         assert_eq!(head.target(raw.as_bytes()), "/a/b?c=d");
         assert_eq!(head.path(raw.as_bytes()), "/a/b");
@@ -793,19 +874,19 @@ mod tests {
 
     #[test]
     fn framing_is_checked_and_normalized() {
-        let (head, out) = ok("POST /e HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        let (head, out) = ok("POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello");
         assert_eq!(head.body, Framing::Length(5));
         assert_eq!(
             head.len,
-            "POST /e HTTP/1.1\r\nContent-Length: 5\r\n\r\n".len()
+            "POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n".len()
         );
         assert!(out.contains("content-length: 5\r\n"));
-        let (head, out) = ok("POST /e HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        let (head, out) = ok("POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(head.body, Framing::Chunked);
         assert!(out.contains("transfer-encoding: chunked\r\n"));
-        let (head, _) = ok("POST /e HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
+        let (head, _) = ok("POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n");
         assert_eq!(head.body, Framing::Length(5));
-        let (head, out) = ok("POST /e HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        let (head, out) = ok("POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(head.body, Framing::None);
         assert!(out.contains("content-length: 0\r\n"));
     }
@@ -867,7 +948,7 @@ mod tests {
     #[test]
     fn keep_alive_follows_the_version() {
         assert!(
-            !ok("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            !ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
                 .0
                 .keep_alive
         );
@@ -882,7 +963,7 @@ mod tests {
 
     #[test]
     fn expect_continue_is_answered_here_and_forwarded_for_is_appended() {
-        let (head, out) = ok("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n");
+        let (head, out) = ok("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n");
         assert!(head.expect_continue);
         assert!(!out.to_ascii_lowercase().contains("expect"));
         assert!(out.contains("x-forwarded-for: 1.1.1.1, 10.1.2.3\r\n"));
@@ -931,7 +1012,7 @@ mod tests {
         assert!(!close);
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nX-App: kept\r\ndate: Sat, 28 Nov 2026 12:00:00 GMT\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-App: kept\r\ndate: Sat, 28 Nov 2026 12:00:00 GMT\r\ncontent-length: 4\r\n\r\n"
         );
     }
 
@@ -994,7 +1075,7 @@ mod tests {
             (final_head(parsed).body, relay),
             (Framing::None, Relay::None)
         );
-        assert!(out.contains("Content-Length: 99\r\n"));
+        assert!(out.contains("content-length: 99\r\n"));
         let (parsed, relay, ..) = response("HTTP/1.1 204 No Content\r\n\r\n", false, false, false);
         assert_eq!(
             (final_head(parsed).body, relay),
@@ -1008,7 +1089,7 @@ mod tests {
             false,
             false,
         );
-        assert!(out.contains("Content-Length: 0\r\n"), "{out}");
+        assert!(out.contains("content-length: 0\r\n"), "{out}");
     }
 
     #[test]
@@ -1036,52 +1117,207 @@ mod tests {
         assert!(parse_response(b"garbage\r\n\r\n", false, false, false, b"d", &mut out).is_err());
     }
 
-    fn dechunk(pieces: &[&[u8]]) -> Result<(Vec<u8>, usize), &'static str> {
-        let mut chunked = Chunked::default();
-        let mut data = Vec::new();
-        let mut used = 0;
-        for piece in pieces {
-            let n = chunked.feed(piece, |r| data.extend_from_slice(&piece[r]))?;
-            used += n;
-            if chunked.is_done() {
-                break;
-            }
-        }
-        assert!(chunked.is_done(), "the body did not end");
-        Ok((data, used))
-    }
-
+    /// Issue 10, hole 5: httparse takes a bare LF as a line end, llhttp
+    /// (strict) does not: `Dummy: x\nContent-Length: 23` is one field to
+    /// one of them and two to the other.
     #[test]
-    fn chunked_bodies_are_followed_across_any_split() {
-        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
-        let whole = body.len() - 4;
-        for split in 0..body.len() {
-            let (data, used) = dechunk(&[&body[..split], &body[split..]]).expect("valid");
-            assert_eq!(data, b"hello world", "split at {split}");
-            assert_eq!(used, whole, "split at {split}");
-        }
-        let bytewise: Vec<&[u8]> = body.chunks(1).collect();
-        assert_eq!(dechunk(&bytewise).expect("valid").0, b"hello world");
-        assert_eq!(dechunk(&[b"0\r\n\r\n"]).expect("valid"), (Vec::new(), 5));
-    }
-
-    #[test]
-    fn malformed_chunked_bodies_are_refused() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"5\r\nhello!\r\n",
-            b"5\nhello\r\n",
-            b"5\r\nhelloXY",
-            b"fffffffffffffffff\r\n",
-            b"\r\n",
+    fn line_ends_other_than_crlf_are_refused() {
+        for raw in [
+            "GET / HTTP/1.1\r\nHost: a\r\nDummy: x\nContent-Length: 23\r\n\r\n",
+            "GET / HTTP/1.1\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\n\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n\n",
+            "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\r\n\r\n",
         ] {
-            let mut chunked = Chunked::default();
             assert!(
-                chunked.feed(bad, |_| {}).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
+                matches!(request(raw), Err(HeadError::Malformed(_))),
+                "{raw:?} -> {:?}",
+                request(raw)
             );
         }
+        // Empty lines before the request line are skipped (RFC 9112 §2.2)
+        // when they are CR LF.
+        assert!(ok("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").0.method == Method::GET);
+    }
+
+    /// Issue 10, hole 6: RFC 9112 §3.2.
+    #[test]
+    fn host_is_required_once_and_valid() {
+        for raw in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a?b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        ] {
+            assert!(refused(raw), "{raw:?} -> {:?}", request(raw));
+        }
+        for host in [
+            "a",
+            "a.example:8080",
+            "[::1]:3000",
+            "127.0.0.1",
+            "",
+            "xn--d1a.b_c~",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let (_, out) = ok(&raw);
+            assert!(out.contains(&format!("Host: {host}\r\n")), "{out}");
+        }
+        // HTTP/1.0 without Host reaches the app as HTTP/1.1, with the
+        // address the client connected to as its Host.
+        let (head, out) = ok("GET /p HTTP/1.0\r\n\r\n");
+        assert!(head.http10);
+        assert_eq!(
+            out,
+            "GET /p HTTP/1.1\r\nhost: 127.0.0.1:3000\r\nx-forwarded-for: 10.1.2.3\r\n\r\n"
+        );
+        // Connection cannot remove Host (or the framing).
+        let (_, out) = ok("POST / HTTP/1.1\r\nHost: a\r\nConnection: close, host, content-length, transfer-encoding\r\nContent-Length: 2\r\n\r\nhi");
+        assert!(
+            out.contains("Host: a\r\n") && out.contains("content-length: 2\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn request_targets_have_one_meaning() {
+        for raw in [
+            "GET foo HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(refused(raw), "{raw:?} -> {:?}", request(raw));
+        }
+        assert!(ok("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+            .1
+            .starts_with("OPTIONS * HTTP/1.1\r\n"));
+        // The absolute form reaches the app in origin form, its authority
+        // as the one Host (RFC 9112 §3.2.2: the Host sent is ignored).
+        let raw = "GET http://b.example:81/x?y=1 HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (head, out) = ok(raw);
+        assert_eq!(head.target(raw.as_bytes()), "/x?y=1");
+        assert_eq!(
+            out,
+            "GET /x?y=1 HTTP/1.1\r\nhost: b.example:81\r\nx-forwarded-for: 10.1.2.3\r\n\r\n"
+        );
+        let (_, out) = ok("GET HTTP://b?q HTTP/1.1\r\nHost: b\r\n\r\n");
+        assert!(out.starts_with("GET /?q HTTP/1.1\r\nhost: b\r\n"), "{out}");
+        let (_, out) = ok("GET https://b HTTP/1.0\r\n\r\n");
+        assert!(out.starts_with("GET / HTTP/1.1\r\nhost: b\r\n"), "{out}");
+    }
+
+    /// Issue 10, hole 7: CGI and WSGI read `_` as `-`, so
+    /// `Transfer_Encoding` would be a second framing header to them.
+    #[test]
+    fn header_names_with_underscores_are_dropped() {
+        let raw = "POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\nContent_Length: 9\r\nX_Forwarded_For: 6.6.6.6\r\nrip_worker_busy: 1\r\nX_Custom: v\r\nContent-Length: 2\r\n\r\nhi";
+        let (_, out) = ok(raw);
+        assert!(!out.contains('_'), "{out}");
+        assert!(out.contains("content-length: 2\r\n"));
+        // Kept on request, but never those that name a controlled field.
+        let keep = Context {
+            underscores: true,
+            ..CONTEXT
+        };
+        let (_, out) = request_in(raw, &keep).expect("valid").expect("complete");
+        assert!(out.contains("X_Custom: v\r\n"), "{out}");
+        for name in [
+            "Transfer_Encoding",
+            "Content_Length",
+            "X_Forwarded_For",
+            "rip_worker_busy",
+        ] {
+            assert!(!out.contains(name), "{name} forwarded: {out}");
+        }
+    }
+
+    #[test]
+    fn http10_clients_get_no_100_continue() {
+        let (head, _) = ok("PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+        assert!(!head.expect_continue);
+    }
+
+    fn response_error(raw: &str) -> Option<&'static str> {
+        let mut out = Vec::new();
+        parse_response(raw.as_bytes(), false, false, false, b"d", &mut out).err()
+    }
+
+    /// Issue 10, hole 3 and hole 8: what the LB cannot frame for sure, or
+    /// would have to rewrite, is a `502`, never relayed.
+    #[test]
+    fn responses_with_unsure_framing_are_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 10\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: abc\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 10\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 099 Too Early\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert!(response_error(raw).is_some(), "{raw:?} was relayed");
+        }
+        // The same length twice is one length, sent once.
+        let (parsed, _, _, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\nhello",
+            false,
+            false,
+            false,
+        );
+        assert_eq!(final_head(parsed).body, Framing::Length(5));
+        assert_eq!(out.matches("content-length").count(), 1, "{out}");
+    }
+
+    /// Issue 10, hole 2: after a HEAD, 204 or 304 the app may go on writing
+    /// the body its head announced; the connection must not serve the next
+    /// request, or that body becomes the next client's response.
+    #[test]
+    fn connections_are_not_reused_after_bodiless_responses() {
+        let reusable = |raw: &str, head_request: bool| {
+            final_head(response(raw, head_request, false, false).0).reusable
+        };
+        assert!(reusable(
+            "HTTP/1.1 200 OK\r\nContent-Length: 38\r\n\r\n",
+            false
+        ));
+        assert!(!reusable(
+            "HTTP/1.1 200 OK\r\nContent-Length: 38\r\n\r\n",
+            true
+        ));
+        assert!(!reusable("HTTP/1.1 204 No Content\r\n\r\n", false));
+        assert!(!reusable(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false
+        ));
+        assert!(!reusable(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
+            false
+        ));
+        assert!(!reusable(
+            "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n",
+            false
+        ));
+        assert!(reusable(
+            "HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
+            false
+        ));
     }
 
     #[test]

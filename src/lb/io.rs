@@ -27,8 +27,8 @@ fn register<T: AsRawFd>(owned: T, interest: Interest) -> io::Result<AsyncFd<T>> 
     Ok(unsafe { AsyncFd::register_with_interest(owned, interest) }?)
 }
 
-/// The most pieces one [`Socket::write_all`] takes.
-pub const MAX_PARTS: usize = 4;
+/// The most pieces one `writev` call is given.
+const MAX_PARTS: usize = 16;
 
 pub struct Socket {
     fd: AsyncFd<OwnedFd>,
@@ -100,23 +100,42 @@ impl Socket {
         }
     }
 
-    /// Writes all of `parts` (at most [`MAX_PARTS`]), in order, with as
-    /// few system calls as the socket allows (one, usually).
+    /// Writes all of `parts`, in order, with as few system calls as the
+    /// socket allows (one, usually).
     pub async fn write_all(&self, parts: &[&[u8]]) -> io::Result<()> {
-        debug_assert!(parts.len() <= MAX_PARTS);
-        let mut storage = [IoSlice::new(&[]); MAX_PARTS];
-        let mut count = 0;
-        for part in parts.iter().filter(|p| !p.is_empty()).take(MAX_PARTS) {
-            storage[count] = IoSlice::new(part);
-            count += 1;
-        }
-        let mut slices = &mut storage[..count];
-        while !slices.is_empty() {
-            match nix::sys::uio::writev(self.fd.get_ref().as_fd(), slices) {
-                Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(nix::errno::Errno::EAGAIN) => self.wait_writable().await?,
-                Err(e) => return Err(e.into()),
+        self.write_parts(parts.iter().copied()).await
+    }
+
+    /// Writes every piece `parts` yields, in order, gathering up to
+    /// [`MAX_PARTS`] of them into each `writev`.
+    pub async fn write_parts<'a, I>(&self, mut parts: I) -> io::Result<()>
+    where
+        I: Iterator<Item = &'a [u8]>,
+    {
+        loop {
+            let mut storage = [IoSlice::new(&[]); MAX_PARTS];
+            let mut count = 0;
+            while count < MAX_PARTS {
+                match parts.next() {
+                    Some([]) => {}
+                    Some(part) => {
+                        storage[count] = IoSlice::new(part);
+                        count += 1;
+                    }
+                    None => break,
+                }
+            }
+            if count == 0 {
+                break;
+            }
+            let mut slices = &mut storage[..count];
+            while !slices.is_empty() {
+                match nix::sys::uio::writev(self.fd.get_ref().as_fd(), slices) {
+                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(nix::errno::Errno::EAGAIN) => self.wait_writable().await?,
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         if self.is_blocked() {
@@ -232,15 +251,17 @@ impl Listener {
         })
     }
 
-    /// The next client connection (non-blocking, `TCP_NODELAY`).
-    pub async fn accept(&self) -> io::Result<(Socket, SocketAddr)> {
+    /// The next client connection (non-blocking, `TCP_NODELAY`), with the
+    /// client's address and the local address it reached.
+    pub async fn accept(&self) -> io::Result<(Socket, SocketAddr, SocketAddr)> {
         loop {
             let mut guard = self.inner.readable().await?;
             match guard.try_io(|l| l.get_ref().accept()) {
                 Ok(Ok((stream, peer))) => {
                     stream.set_nonblocking(true)?;
                     stream.set_nodelay(true)?;
-                    return Ok((Socket::new(OwnedFd::from(stream))?, peer));
+                    let local = stream.local_addr()?;
+                    return Ok((Socket::new(OwnedFd::from(stream))?, peer, local));
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,

@@ -5,7 +5,9 @@
 //! - [`balancer`]: the async layer around it (waiting, leases).
 //! - [`client`]: one client connection, request after request.
 //! - [`proxy`]: one request through the LB, to a worker and back.
-//! - [`http1`]: request and response heads, body framing (no I/O).
+//! - [`http1`]: request and response heads (no I/O).
+//! - [`chunked`]: the chunked coding, decoded strictly (no I/O).
+//! - [`body`]: which bytes belong to a body, and what goes on (no I/O).
 //! - [`upstream`]: the kept-alive connections to worker sockets.
 //! - [`io`]: sockets registered for read readiness only.
 //! - [`control`]: the join/quit server on the control socket.
@@ -13,6 +15,8 @@
 
 pub mod access_log;
 pub mod balancer;
+pub mod body;
+pub mod chunked;
 pub mod client;
 pub mod control;
 pub mod http1;
@@ -89,6 +93,8 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 struct Lb {
     proxy: Proxy,
     timeouts: client::Timeouts,
+    /// Forward request header names with underscores.
+    underscore_headers: bool,
     app: String,
     port: u16,
     workers: usize,
@@ -142,6 +148,7 @@ async fn serve(
             idle: config.idle_timeout,
             header: config.header_timeout,
         },
+        underscore_headers: config.underscore_headers,
         app: config.app.name.clone(),
         port: config.port,
         workers: config.workers,
@@ -190,7 +197,7 @@ async fn serve(
                 memory.room_for(max_clients).await;
                 listener.accept().await
             } => {
-                let (stream, peer) = match accepted {
+                let (stream, peer, local) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // EMFILE and friends: wait a moment rather than spin.
@@ -202,7 +209,7 @@ async fn serve(
                 let open = memory.open();
                 let (lb, stop) = (lb.clone(), stop.clone());
                 tokio::spawn(async move {
-                    client::serve(lb, stream, peer, stop).await;
+                    client::serve(lb, stream, peer, local, stop).await;
                     drop(open);
                 });
             }

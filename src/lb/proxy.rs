@@ -20,7 +20,8 @@ use tracing::warn;
 
 use super::access_log::{AccessLog, Entry};
 use super::balancer::{Balancer, Lease, Reject};
-use super::http1::{self, Chunked, DateCache, Framing, Own, Parsed, Relay, RequestHead};
+use super::body::{BodyError, Output, Relayer, RequestBody};
+use super::http1::{self, DateCache, Framing, Own, Parsed, RequestHead};
 use super::io::Socket;
 use super::upstream::Upstream;
 
@@ -62,10 +63,14 @@ pub struct Client {
     pub date: DateCache,
     /// The current request's path, for the access log.
     pub path: String,
+    /// The start of the request body as it goes to the worker.
+    pub out: Output,
+    /// The local address the client reached, as a `Host` value.
+    pub host: String,
 }
 
 impl Client {
-    pub fn new(socket: Socket, peer: Option<IpAddr>) -> Client {
+    pub fn new(socket: Socket, peer: Option<IpAddr>, host: String) -> Client {
         Client {
             socket,
             peer,
@@ -74,6 +79,8 @@ impl Client {
             resp_head: Vec::new(),
             date: DateCache::default(),
             path: String::new(),
+            out: Output::default(),
+            host,
         }
     }
 
@@ -145,85 +152,6 @@ pub enum Next {
     Close,
 }
 
-/// Where a request body stands: how much is left, or where its chunked
-/// encoding is.
-#[derive(Debug, Clone, Default)]
-struct Body {
-    framing: Option<Framing>,
-    remaining: u64,
-    chunked: Chunked,
-    /// Data bytes seen of a chunked body, against `max`.
-    data: u64,
-    max: u64,
-    done: bool,
-}
-
-/// What is wrong with a request body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyError {
-    Malformed,
-    TooLarge,
-}
-
-impl BodyError {
-    fn answer(self) -> Own<'static> {
-        match self {
-            BodyError::Malformed => Own::text(400, "Bad Request", "Bad Request", true),
-            BodyError::TooLarge => Own::text(413, "Payload Too Large", "Payload Too Large", true),
-        }
-    }
-}
-
-impl Body {
-    fn new(framing: Framing, max: u64) -> Body {
-        match framing {
-            Framing::Length(n) => Body {
-                framing: Some(framing),
-                remaining: n,
-                max,
-                ..Body::default()
-            },
-            Framing::Chunked => Body {
-                framing: Some(framing),
-                max,
-                ..Body::default()
-            },
-            _ => Body {
-                done: true,
-                ..Body::default()
-            },
-        }
-    }
-
-    /// How many bytes at the start of `input` belong to the body.
-    fn take(&mut self, input: &[u8]) -> Result<usize, BodyError> {
-        if self.done {
-            return Ok(0);
-        }
-        match self.framing {
-            Some(Framing::Chunked) => {
-                let mut data = 0u64;
-                let n = self
-                    .chunked
-                    .feed(input, |r| data += r.len() as u64)
-                    .map_err(|_| BodyError::Malformed)?;
-                self.data += data;
-                if self.data > self.max {
-                    return Err(BodyError::TooLarge);
-                }
-                self.done = self.chunked.is_done();
-                Ok(n)
-            }
-            _ => {
-                let n = (self.remaining).min(input.len() as u64) as usize;
-                self.remaining -= n as u64;
-                self.done = self.remaining == 0;
-                Ok(n)
-            }
-        }
-    }
-}
-
 /// Why the request body stopped.
 enum PumpError {
     ClientGone,
@@ -274,8 +202,8 @@ impl Proxy {
         received: Instant,
         closing: bool,
     ) -> Next {
-        let body = Body::new(head.body, self.max_body);
-        let has_body = !body.done;
+        let body = RequestBody::new(head.body, self.max_body);
+        let has_body = !body.is_done();
         let close = closing || !head.keep_alive;
         if let Framing::Length(n) = head.body {
             if n > self.max_body {
@@ -334,12 +262,13 @@ impl Proxy {
         mut lease: Lease<Upstream>,
         client: &mut Client,
         head: &RequestHead,
-        mut body: Body,
+        mut body: RequestBody,
         received: Instant,
         close: bool,
     ) -> Attempt {
         // The head goes out with whatever of the body is already here.
-        let initial = match body.take(&client.buf) {
+        client.out.clear();
+        let initial = match body.take(&client.buf, &mut client.out) {
             Ok(n) => n,
             Err(refused) => {
                 // Nothing was sent: the worker is free.
@@ -348,7 +277,12 @@ impl Proxy {
             }
         };
         let mut upstream = match self
-            .send_head(&mut lease, &client.req_head, &client.buf[..initial])
+            .send_head(
+                &mut lease,
+                &client.req_head,
+                &client.out,
+                &client.buf[..initial],
+            )
             .await
         {
             Ok(upstream) => upstream,
@@ -358,7 +292,7 @@ impl Proxy {
                 lease.release(None);
                 return Attempt::Answer(Own {
                     retry_after: true,
-                    ..Own::text(503, "Service Unavailable", "Server busy", !body.done)
+                    ..Own::text(503, "Service Unavailable", "Server busy", !body.is_done())
                 });
             }
             Err(why) => {
@@ -388,6 +322,8 @@ impl Proxy {
             socket: upstream_socket,
             buf: upstream_buf,
             body_buf,
+            body_out,
+            out: upstream_out,
         } = &mut upstream;
         // Whether the response has begun to reach the client (then a refusal
         // of the body can no longer be answered, only cut short).
@@ -398,6 +334,7 @@ impl Proxy {
             date,
             &*upstream_socket,
             upstream_buf,
+            upstream_out,
             Shape {
                 head_request,
                 http10: head.http10,
@@ -407,7 +344,7 @@ impl Proxy {
             dispatched + self.read_timeout,
             &started,
         );
-        let answer = if body.done {
+        let answer = if body.is_done() {
             tokio::select! {
                 answer = respond => answer,
                 // The client left while the app works: the exchange is
@@ -422,6 +359,7 @@ impl Proxy {
                 &*client_socket,
                 client_buf,
                 body_buf,
+                body_out,
                 &mut body,
                 &*upstream_socket,
             );
@@ -451,7 +389,7 @@ impl Proxy {
             Answer::Busy => {
                 // The busy answer is unread on the connection: it goes.
                 lease.busy(None);
-                if body.framing.is_none() {
+                if head.body == Framing::None {
                     return Attempt::Retry;
                 }
                 Attempt::Answer(Own {
@@ -465,13 +403,18 @@ impl Proxy {
                     504,
                     "Gateway Timeout",
                     "Upstream timeout",
-                    !body.done,
+                    !body.is_done(),
                 ))
             }
             Answer::Lost(why) => {
                 warn!("worker {} lost mid-request: {why}", lease.id());
                 drop(lease); // abandoned: retired
-                Attempt::Answer(Own::text(502, "Bad Gateway", "Bad Gateway", !body.done))
+                Attempt::Answer(Own::text(
+                    502,
+                    "Bad Gateway",
+                    "Bad Gateway",
+                    !body.is_done(),
+                ))
             }
             Answer::Relayed(relayed) => {
                 let Relayed {
@@ -493,7 +436,7 @@ impl Proxy {
                 if upstream_done {
                     // The worker's buffers stay as large as its bodies made
                     // them: there is one set per worker, not per client.
-                    let keep = reusable && body.done && upstream.buf.is_empty();
+                    let keep = reusable && body.is_done() && upstream.buf.is_empty();
                     handed_over = lease.release(keep.then_some(upstream));
                 } else {
                     drop(lease); // abandoned mid-body: retired
@@ -516,7 +459,7 @@ impl Proxy {
                     total: received.elapsed(),
                     worker,
                 });
-                let next = if client_ok && !closed && body.done {
+                let next = if client_ok && !closed && body.is_done() {
                     Next::KeepAlive
                 } else {
                     Next::Close
@@ -533,21 +476,18 @@ impl Proxy {
         &self,
         lease: &mut Lease<Upstream>,
         req_head: &[u8],
-        initial: &[u8],
+        body: &Output,
+        input: &[u8],
     ) -> std::io::Result<Upstream> {
+        let parts = || std::iter::once(req_head).chain(body.parts(input));
         let parked = lease.take_conn().filter(|u| !u.socket.stale());
         if let Some(upstream) = parked {
-            if upstream
-                .socket
-                .write_all(&[req_head, initial])
-                .await
-                .is_ok()
-            {
+            if upstream.socket.write_parts(parts()).await.is_ok() {
                 return Ok(upstream);
             }
         }
         let upstream = Upstream::connect(lease.socket())?;
-        upstream.socket.write_all(&[req_head, initial]).await?;
+        upstream.socket.write_parts(parts()).await?;
         Ok(upstream)
     }
 }
@@ -574,20 +514,22 @@ async fn pump(
     client: &Socket,
     client_buf: &mut Vec<u8>,
     body_buf: &mut Vec<u8>,
-    body: &mut Body,
+    out: &mut Output,
+    body: &mut RequestBody,
     upstream: &Socket,
 ) -> Result<(), PumpError> {
     body_buf.clear();
-    while !body.done {
+    while !body.is_done() {
         if body_buf.is_empty() {
             match client.read_into(body_buf, BODY_CHUNK).await {
                 Ok(0) | Err(_) => return Err(PumpError::ClientGone),
                 Ok(_) => {}
             }
         }
-        let n = body.take(body_buf).map_err(PumpError::Body)?;
+        out.clear();
+        let n = body.take(body_buf, out).map_err(PumpError::Body)?;
         upstream
-            .write_all(&[&body_buf[..n]])
+            .write_parts(out.parts(body_buf))
             .await
             .map_err(|_| PumpError::WorkerGone)?;
         body_buf.drain(..n);
@@ -615,6 +557,7 @@ async fn respond(
     date: &mut DateCache,
     upstream: &Socket,
     buf: &mut Vec<u8>,
+    out: &mut Output,
     shape: Shape,
     deadline: Instant,
     started: &AtomicBool,
@@ -664,31 +607,28 @@ async fn respond(
     let mut client_ok = true;
     let mut bytes = 0u64;
     loop {
-        if relayer.done {
+        if relayer.is_done() {
             break;
         }
         if pos < buf.len() {
-            let taken = match relayer.take(&buf[pos..]) {
-                Ok(taken) => taken,
+            out.clear();
+            let input = &buf[pos..];
+            let consumed = match relayer.take(input, out) {
+                Ok(consumed) => consumed,
                 Err(why) => {
                     warn!("bad response body from the app: {why}");
                     break;
                 }
             };
-            let piece: &[u8] = if taken.copied {
-                &relayer.scratch
-            } else {
-                &buf[pos..pos + taken.consumed]
-            };
-            bytes += taken.data as u64;
-            pos += taken.consumed;
-            if relayer.done && piece.len() <= MAX_TAIL {
+            bytes += out.data_len();
+            pos += consumed;
+            if relayer.is_done() && out.len() <= MAX_TAIL {
                 // The last of the response: it goes out after the worker is
                 // free again, so the next request reaches the app sooner.
                 if !head_pending {
                     resp_head.clear();
                 }
-                resp_head.extend_from_slice(piece);
+                out.copy_into(input, resp_head);
                 head_pending = false;
                 tail = true;
                 break;
@@ -696,7 +636,8 @@ async fn respond(
             let head_part: &[u8] = if head_pending { resp_head } else { &[] };
             head_pending = false;
             started.store(true, Ordering::Relaxed);
-            if client.write_all(&[head_part, piece]).await.is_err() {
+            let parts = std::iter::once(head_part).chain(out.parts(input));
+            if client.write_parts(parts).await.is_err() {
                 client_ok = false;
                 break;
             }
@@ -715,18 +656,18 @@ async fn respond(
         buf.clear();
         pos = 0;
         match upstream.read_into(buf, BODY_CHUNK).await {
-            Ok(0) => match relayer.end() {
-                Ok(tail) => {
-                    if !tail.is_empty() && client.write_all(&[tail]).await.is_err() {
-                        client_ok = false;
+            Ok(0) => {
+                out.clear();
+                match relayer.end(out) {
+                    Ok(()) => {
+                        if client.write_parts(out.parts(&[])).await.is_err() {
+                            client_ok = false;
+                        }
                     }
-                    break;
+                    Err(why) => warn!("the app closed the connection {why}"),
                 }
-                Err(why) => {
-                    warn!("the app closed the connection {why}");
-                    break;
-                }
-            },
+                break;
+            }
             Ok(_) => {}
             Err(e) => {
                 warn!("reading the app's response: {e}");
@@ -738,7 +679,7 @@ async fn respond(
         // A response without a body: its head is its end.
         tail = true;
     }
-    let upstream_done = relayer.done;
+    let upstream_done = relayer.is_done();
     // Bytes past the end of the response: the connection is not trusted.
     let clean = pos >= buf.len();
     buf.clear();
@@ -754,117 +695,4 @@ async fn respond(
         tail,
         content_type,
     })
-}
-
-/// Turns the worker's body bytes into what the client gets.
-struct Relayer {
-    relay: Relay,
-    remaining: u64,
-    chunked: Chunked,
-    /// Output that is not a plain slice of the input (chunk framing).
-    scratch: Vec<u8>,
-    done: bool,
-}
-
-struct Taken {
-    /// Input bytes used.
-    consumed: usize,
-    /// Body data bytes in them.
-    data: usize,
-    /// The output is in `scratch` rather than the input itself.
-    copied: bool,
-}
-
-impl Relayer {
-    fn new(relay: Relay, framing: Framing) -> Relayer {
-        let remaining = match framing {
-            Framing::Length(n) => n,
-            _ => 0,
-        };
-        Relayer {
-            relay,
-            remaining,
-            chunked: Chunked::default(),
-            scratch: Vec::new(),
-            done: relay == Relay::None,
-        }
-    }
-
-    fn reusable(&self) -> bool {
-        !matches!(self.relay, Relay::Chunk | Relay::UntilClose)
-    }
-
-    fn take(&mut self, input: &[u8]) -> Result<Taken, &'static str> {
-        match self.relay {
-            Relay::None => Ok(Taken {
-                consumed: 0,
-                data: 0,
-                copied: false,
-            }),
-            Relay::Pass(Framing::Chunked) => {
-                let mut data = 0;
-                let consumed = self.chunked.feed(input, |r| data += r.len())?;
-                self.done = self.chunked.is_done();
-                Ok(Taken {
-                    consumed,
-                    data,
-                    copied: false,
-                })
-            }
-            Relay::Pass(_) => {
-                let n = self.remaining.min(input.len() as u64) as usize;
-                self.remaining -= n as u64;
-                self.done = self.remaining == 0;
-                Ok(Taken {
-                    consumed: n,
-                    data: n,
-                    copied: false,
-                })
-            }
-            Relay::Dechunk => {
-                self.scratch.clear();
-                let scratch = &mut self.scratch;
-                let consumed = self
-                    .chunked
-                    .feed(input, |r| scratch.extend_from_slice(&input[r]))?;
-                self.done = self.chunked.is_done();
-                Ok(Taken {
-                    consumed,
-                    data: self.scratch.len(),
-                    copied: true,
-                })
-            }
-            Relay::Chunk => {
-                self.scratch.clear();
-                http1::chunk_header(input.len(), &mut self.scratch);
-                self.scratch.extend_from_slice(input);
-                self.scratch.extend_from_slice(b"\r\n");
-                Ok(Taken {
-                    consumed: input.len(),
-                    data: input.len(),
-                    copied: true,
-                })
-            }
-            Relay::UntilClose => Ok(Taken {
-                consumed: input.len(),
-                data: input.len(),
-                copied: false,
-            }),
-        }
-    }
-
-    /// The worker closed the connection: the end of the body, or an error.
-    fn end(&mut self) -> Result<&'static [u8], &'static str> {
-        match self.relay {
-            Relay::Chunk => {
-                self.done = true;
-                Ok(b"0\r\n\r\n")
-            }
-            Relay::UntilClose | Relay::None => {
-                self.done = true;
-                Ok(b"")
-            }
-            _ => Err("mid-body"),
-        }
-    }
 }

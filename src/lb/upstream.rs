@@ -5,6 +5,7 @@
 use std::io;
 use std::path::Path;
 
+use super::body::Output;
 use super::io::Socket;
 
 /// A connection to a worker's app, with its buffers: what it answers, and
@@ -15,7 +16,11 @@ use super::io::Socket;
 pub struct Upstream {
     pub socket: Socket,
     pub buf: Vec<u8>,
+    /// What goes on to the client, for the response in `buf`.
+    pub out: Output,
     pub body_buf: Vec<u8>,
+    /// What goes on to the app, for the request body in `body_buf`.
+    pub body_out: Output,
 }
 
 impl Upstream {
@@ -26,7 +31,9 @@ impl Upstream {
         Ok(Upstream {
             socket: Socket::connect_unix(path)?,
             buf: Vec::with_capacity(super::proxy::HEAD_CHUNK),
+            out: Output::default(),
             body_buf: Vec::new(),
+            body_out: Output::default(),
         })
     }
 }
