@@ -322,8 +322,9 @@ fn an_app_never_holds_two_requests() {
     for c in clients {
         assert_eq!(c.join().unwrap(), vec![200; 5]);
     }
-    // A client that leaves mid-request: its app is still busy, so it must
-    // get nothing more until it has been replaced.
+    // A client that leaves mid-request: its app is still busy, so its
+    // worker gets nothing more until the app has finished (and is then
+    // freed, not replaced).
     let mut leaver = Client::connect(server.port).unwrap();
     leaver
         .write_raw(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -335,7 +336,9 @@ fn an_app_never_holds_two_requests() {
     for _ in 0..10 {
         assert_eq!(server.get("/slow?ms=30").status, 200);
     }
-    server.wait_output("worker 2 ready");
+    eventually("the left request finished", || {
+        (server.status()?["busy"] == 0).then_some(())
+    });
     assert!(
         !server.output().contains("CONCURRENT"),
         "{}",

@@ -79,7 +79,24 @@ pub(super) async fn serve(
         client.shrink();
     }
     client.socket.shutdown_write();
+    if !client.eof {
+        // The client may still be sending (a body the LB refused, a
+        // request after a `Connection: close`): read it away before closing,
+        // or the reset that closing with unread input causes may destroy
+        // the answer before the client has read it.
+        client
+            .socket
+            .drain(LINGER_IDLE, LINGER_LIMIT, LINGER_MAX)
+            .await;
+    }
 }
+
+/// A lingering close waits at most this long for each next byte,
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+/// this long in all,
+const LINGER_LIMIT: Duration = Duration::from_secs(5);
+/// and reads at most this much.
+const LINGER_MAX: usize = 64 * 1024 * 1024;
 
 /// Reads until a whole request head is buffered. None: the connection
 /// ended, timed out, or the LB is stopping while it was idle.
@@ -109,7 +126,10 @@ async fn read_head(
         let idle = client.buf.is_empty();
         tokio::select! {
             read = client.socket.read_into(&mut client.buf, HEAD_CHUNK) => match read {
-                Ok(0) | Err(_) => return None,
+                Ok(0) | Err(_) => {
+                    client.eof = true;
+                    return None;
+                }
                 Ok(_) => {}
             },
             _ = tokio::time::sleep_until(deadline) => return None,

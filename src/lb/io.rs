@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 use tokio::io::unix::AsyncFd;
@@ -213,6 +214,33 @@ impl Socket {
                 // Data is waiting (a pipelined request): nothing more to
                 // learn here until the exchange reads it.
                 Ok(_) => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Reads and drops what the peer still sends, until it closes, `idle`
+    /// passes without a byte, `limit` passes in all, or `max` bytes came.
+    /// (A lingering close: closing a socket with unread input resets the
+    /// connection, and the peer may lose the answer it has not read yet.)
+    pub async fn drain(&self, idle: Duration, limit: Duration, max: usize) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut left = max;
+        let mut scratch = [0u8; 4096];
+        while left > 0 {
+            let until = deadline.min(tokio::time::Instant::now() + idle);
+            let Ok(Ok(mut guard)) = tokio::time::timeout_at(until, self.fd.readable()).await else {
+                return;
+            };
+            match socket::recv(
+                self.fd.get_ref().as_raw_fd(),
+                &mut scratch,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return,
+                Ok(n) => left = left.saturating_sub(n),
+                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
             }
         }
     }

@@ -36,6 +36,9 @@ pub const KEEP_CAPACITY: usize = 16 * 1024;
 /// grow to the size of a body chunk (and the heap fragment with them).
 const MAX_TAIL: usize = 8 * 1024;
 
+/// The most of a response read and dropped after its client has gone.
+const MAX_DRAIN: u64 = 64 * 1024 * 1024;
+
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What the request path needs from the LB.
@@ -67,6 +70,8 @@ pub struct Client {
     pub out: Output,
     /// The local address the client reached, as a `Host` value.
     pub host: String,
+    /// The client has closed its end (it sends nothing more).
+    pub eof: bool,
 }
 
 impl Client {
@@ -81,6 +86,7 @@ impl Client {
             path: String::new(),
             out: Output::default(),
             host,
+            eof: false,
         }
     }
 
@@ -213,11 +219,18 @@ impl Proxy {
                 return Next::Close;
             }
         }
+        // A client that closes its end once its request is all here may be
+        // waiting for the answer (a half-close): it is served. One whose
+        // body is still to come cannot finish it: it leaves the queue.
+        let complete = match head.body {
+            Framing::None => true,
+            Framing::Length(n) => client.buf.len() as u64 >= n,
+            _ => false,
+        };
         for _ in 0..self.max_attempts {
             let acquired = tokio::select! {
                 acquired = self.balancer.acquire() => acquired,
-                // The client left while queued: nothing is sent anywhere.
-                _ = client.socket.closed() => return Next::Close,
+                _ = client.socket.closed(), if !complete => return Next::Close,
             };
             let lease = match acquired {
                 Ok(lease) => lease,
@@ -342,15 +355,15 @@ impl Proxy {
                 log,
             },
             dispatched + self.read_timeout,
+            self.read_timeout,
             &started,
         );
         let answer = if body.is_done() {
-            tokio::select! {
-                answer = respond => answer,
-                // The client left while the app works: the exchange is
-                // abandoned, and the worker with it (its app is busy).
-                _ = client_socket.closed() => return Attempt::Done(Next::Close),
-            }
+            // The client may close its end now (a half-close) and still
+            // read the answer; one that has gone is found out when the
+            // answer is written, and the app's response is then read to its
+            // end (`respond`), so that the worker is freed, not retired.
+            respond.await
         } else {
             if head.expect_continue && client_socket.write_all(&[CONTINUE]).await.is_err() {
                 return Attempt::Done(Next::Close);
@@ -549,7 +562,9 @@ struct Shape {
 }
 
 /// Reads the worker's response head (until `deadline`) and relays the
-/// response to the client.
+/// response to the client. If the client is gone, the rest of the response
+/// is read and dropped for up to `drain` and [`MAX_DRAIN`] bytes, so that
+/// the app finishes and its worker can be freed rather than retired.
 #[allow(clippy::too_many_arguments)] // the halves of two borrowed connections
 async fn respond(
     client: &Socket,
@@ -560,6 +575,7 @@ async fn respond(
     out: &mut Output,
     shape: Shape,
     deadline: Instant,
+    drain: Duration,
     started: &AtomicBool,
 ) -> Answer {
     let since = Instant::now();
@@ -604,7 +620,10 @@ async fn respond(
     let mut head_pending = true;
     // Whether `resp_head` holds the end of the response, still to be sent.
     let mut tail = false;
-    let mut client_ok = true;
+    // Until when a response whose client is gone is read on (and how much
+    // of it was).
+    let mut draining: Option<Instant> = None;
+    let mut drained = 0u64;
     let mut bytes = 0u64;
     loop {
         if relayer.is_done() {
@@ -622,6 +641,13 @@ async fn respond(
             };
             bytes += out.data_len();
             pos += consumed;
+            if draining.is_some() {
+                drained += consumed as u64;
+                if drained > MAX_DRAIN {
+                    break;
+                }
+                continue;
+            }
             if relayer.is_done() && out.len() <= MAX_TAIL {
                 // The last of the response: it goes out after the worker is
                 // free again, so the next request reaches the app sooner.
@@ -638,8 +664,7 @@ async fn respond(
             started.store(true, Ordering::Relaxed);
             let parts = std::iter::once(head_part).chain(out.parts(input));
             if client.write_parts(parts).await.is_err() {
-                client_ok = false;
-                break;
+                draining = Some(Instant::now() + drain);
             }
             continue;
         }
@@ -649,21 +674,30 @@ async fn respond(
             head_pending = false;
             started.store(true, Ordering::Relaxed);
             if client.write_all(&[resp_head]).await.is_err() {
-                client_ok = false;
-                break;
+                draining = Some(Instant::now() + drain);
             }
         }
         buf.clear();
         pos = 0;
-        match upstream.read_into(buf, BODY_CHUNK).await {
+        let read = match draining {
+            None => upstream.read_into(buf, BODY_CHUNK).await,
+            Some(until) => {
+                match tokio::time::timeout_at(until, upstream.read_into(buf, BODY_CHUNK)).await {
+                    Ok(read) => read,
+                    Err(_) => break,
+                }
+            }
+        };
+        match read {
             Ok(0) => {
                 out.clear();
                 match relayer.end(out) {
-                    Ok(()) => {
+                    Ok(()) if draining.is_none() => {
                         if client.write_parts(out.parts(&[])).await.is_err() {
-                            client_ok = false;
+                            draining = Some(Instant::now());
                         }
                     }
+                    Ok(()) => {}
                     Err(why) => warn!("the app closed the connection {why}"),
                 }
                 break;
@@ -675,6 +709,7 @@ async fn respond(
             }
         }
     }
+    let client_ok = draining.is_none();
     if head_pending {
         // A response without a body: its head is its end.
         tail = true;
