@@ -107,7 +107,7 @@ pub struct Options {
     )]
     pub connect_timeout_ms: u64,
 
-    /// How long the LB waits for a worker's response head before `504 Upstream timeout`
+    /// How long the LB waits for a worker's response head, from the end of the request, before `504 Upstream timeout`
     #[arg(
         long,
         env = "RIP_READ_TIMEOUT_MS",

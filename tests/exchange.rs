@@ -131,3 +131,33 @@ print(" ".join(seen))
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The read timeout runs from the end of the request: an honest upload
+/// slower than `--read-timeout-ms` is not a slow app.
+#[test]
+fn an_upload_longer_than_the_read_timeout_succeeds() {
+    let server = Server::start(&[&probe(), "w:1", "--read-timeout-ms=500"]);
+    server.wait_workers(1);
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    for byte in b"0123456789" {
+        std::thread::sleep(Duration::from_millis(150));
+        stream.write_all(&[*byte]).unwrap();
+    }
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("0123456789"),
+        "{answer:?}"
+    );
+    // A slow app still times out, counted from the end of its request.
+    let slow = server.request("POST", "/slow?ms=1500", &[], b"x");
+    assert_eq!(slow.status, 504, "{}", slow.text());
+}

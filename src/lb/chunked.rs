@@ -30,8 +30,8 @@ pub const MAX_LINE: usize = 4096;
 pub const MAX_TRAILERS: usize = 16 * 1024;
 /// The most trailer fields accepted.
 const MAX_TRAILER_FIELDS: usize = 64;
-/// Hex digits in a chunk size (more would not fit the count).
-const MAX_SIZE_DIGITS: usize = 15;
+/// Hex digits in a chunk size (16 fill a u64).
+const MAX_SIZE_DIGITS: usize = 16;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum State {
@@ -354,6 +354,7 @@ mod tests {
             b"5;a=\"\"",
             b"5;a=\"\\\\\"",
             b"0005",
+            b"0000000000000005",
             b"A;x",
         ] {
             let mut body = line.to_vec();
@@ -394,7 +395,7 @@ mod tests {
             b"5\r\nhello\n0\r\n\r\n",
             b"5\r\nhello\r0\r\n\r\n",
             b"fffffffffffffffff\r\n",
-            b"0000000000000005\r\nhello\r\n0\r\n\r\n",
+            b"00000000000000005\r\nhello\r\n0\r\n\r\n",
         ] {
             assert!(
                 whole(bad).is_err(),

@@ -341,6 +341,12 @@ impl Proxy {
         // Whether the response has begun to reach the client (then a refusal
         // of the body can no longer be answered, only cut short).
         let started = AtomicBool::new(false);
+        // The read timeout runs from the end of the request: an upload that
+        // takes longer than the timeout is not a slow app.
+        let head_deadline = HeadDeadline::default();
+        if body.is_done() {
+            head_deadline.set(dispatched + self.read_timeout);
+        }
         let respond = respond(
             &*client_socket,
             resp_head,
@@ -354,7 +360,7 @@ impl Proxy {
                 close,
                 log,
             },
-            dispatched + self.read_timeout,
+            &head_deadline,
             self.read_timeout,
             &started,
         );
@@ -381,7 +387,10 @@ impl Proxy {
             loop {
                 tokio::select! {
                     result = &mut pump, if !pumped => match result {
-                        Ok(()) => pumped = true,
+                        Ok(()) => {
+                            pumped = true;
+                            head_deadline.set(Instant::now() + self.read_timeout);
+                        }
                         Err(PumpError::ClientGone) => return Attempt::Done(Next::Close),
                         // The app has seen part of the body: the lease is
                         // dropped unfinished, so the worker is retired.
@@ -392,7 +401,10 @@ impl Proxy {
                             return Attempt::Answer(refused.answer());
                         }
                         // The app stopped reading; its answer may still come.
-                        Err(PumpError::WorkerGone) => pumped = true,
+                        Err(PumpError::WorkerGone) => {
+                            pumped = true;
+                            head_deadline.set(Instant::now() + self.read_timeout);
+                        }
                     },
                     answer = &mut respond => break answer,
                 }
@@ -552,6 +564,25 @@ async fn pump(
     Ok(())
 }
 
+/// When the wait for a response head ends: set once the request has been
+/// sent whole (or the app stopped reading it).
+#[derive(Default)]
+struct HeadDeadline {
+    at: std::sync::Mutex<Option<Instant>>,
+    changed: tokio::sync::Notify,
+}
+
+impl HeadDeadline {
+    fn set(&self, at: Instant) {
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+        self.changed.notify_one();
+    }
+
+    fn get(&self) -> Option<Instant> {
+        *self.at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// What shapes the response the client gets.
 #[derive(Clone, Copy)]
 struct Shape {
@@ -574,7 +605,7 @@ async fn respond(
     buf: &mut Vec<u8>,
     out: &mut Output,
     shape: Shape,
-    deadline: Instant,
+    deadline: &HeadDeadline,
     drain: Duration,
     started: &AtomicBool,
 ) -> Answer {
@@ -598,7 +629,16 @@ async fn respond(
             }
             Ok((Parsed::Incomplete, ..)) => {}
         }
-        match tokio::time::timeout_at(deadline, upstream.read_into(buf, HEAD_CHUNK)).await {
+        let read = upstream.read_into(buf, HEAD_CHUNK);
+        let read = match deadline.get() {
+            Some(at) => tokio::time::timeout_at(at, read).await,
+            // The request is still on its way: no deadline yet.
+            None => tokio::select! {
+                read = read => Ok(read),
+                _ = deadline.changed.notified() => continue,
+            },
+        };
+        match read {
             Err(_) => return Answer::Timeout,
             Ok(Ok(0)) => return Answer::Lost("the app closed the connection".into()),
             Ok(Err(e)) => return Answer::Lost(e.to_string()),
