@@ -717,3 +717,6 @@ impl Load {
 pub fn failures(answers: &[(u16, String)]) -> Vec<(u16, String)> {
     answers.iter().filter(|(s, _)| *s != 200).cloned().collect()
 }
+
+/// The request-smuggling harness (corpora, recorder, three-parser oracle).
+pub mod framing;
