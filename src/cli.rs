@@ -61,6 +61,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// `on` or `off`.
+pub fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{text}': expected on or off")),
+    }
+}
+
 /// The settings every role shares, spelled as flags.
 #[derive(Args, Debug, Clone)]
 pub struct Options {
@@ -137,6 +146,27 @@ pub struct Options {
     /// Largest request body accepted (bytes; K, M, G suffixes are powers of 1024); larger is `413`
     #[arg(long, env = "RIP_MAX_BODY", value_name = "BYTES", default_value = "100M", value_parser = parse_size)]
     pub max_body: u64,
+
+    /// Read a request's whole body before a worker takes it (on), or stream it to the worker as it comes (off)
+    #[arg(long, env = "RIP_REQUEST_BUFFERING", value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub request_buffering: bool,
+
+    /// The most of one request body held in memory while it is read (beyond: an unnamed temp file)
+    #[arg(long, env = "RIP_BODY_BUFFER", value_name = "BYTES", default_value = "64K", value_parser = parse_size)]
+    pub body_buffer: u64,
+
+    /// The most memory all request bodies being held may take together (beyond: temp files)
+    #[arg(long, env = "RIP_BUFFER_MEMORY", value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
+    pub buffer_memory: u64,
+
+    /// How long a client may pause while sending a request body
+    #[arg(
+        long,
+        env = "RIP_BODY_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 10000
+    )]
+    pub body_timeout_ms: u64,
 
     /// How long a client may take to send a request head, from its first byte
     #[arg(

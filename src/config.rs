@@ -60,6 +60,14 @@ pub struct Config {
     pub access_log: AccessLog,
     /// The largest request body accepted.
     pub max_body: u64,
+    /// Bodies are read whole before a worker takes them.
+    pub request_buffering: bool,
+    /// The most of one body held in memory.
+    pub body_buffer: u64,
+    /// The most memory all held bodies take together.
+    pub buffer_memory: u64,
+    /// The longest pause in a request body.
+    pub body_timeout: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     /// Forward request header names with underscores.
@@ -189,6 +197,10 @@ impl Config {
             boot_timeout: Duration::from_millis(options.boot_timeout_ms),
             access_log,
             max_body: options.max_body,
+            request_buffering: options.request_buffering,
+            body_buffer: options.body_buffer,
+            buffer_memory: options.buffer_memory,
+            body_timeout: Duration::from_millis(options.body_timeout_ms),
             header_timeout: Duration::from_millis(options.header_timeout_ms),
             idle_timeout: Duration::from_millis(options.idle_timeout_ms),
             underscore_headers: options.allow_underscore_headers,
@@ -218,6 +230,13 @@ impl Config {
             format!("--shutdown-timeout-ms={}", ms(self.shutdown_timeout)),
             format!("--boot-timeout-ms={}", ms(self.boot_timeout)),
             format!("--max-body={}", self.max_body),
+            format!(
+                "--request-buffering={}",
+                if self.request_buffering { "on" } else { "off" }
+            ),
+            format!("--body-buffer={}", self.body_buffer),
+            format!("--buffer-memory={}", self.buffer_memory),
+            format!("--body-timeout-ms={}", ms(self.body_timeout)),
             format!("--header-timeout-ms={}", ms(self.header_timeout)),
             format!("--idle-timeout-ms={}", ms(self.idle_timeout)),
             format!("--lb-threads={}", self.lb_threads),

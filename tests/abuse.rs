@@ -114,7 +114,18 @@ fn bodies_over_the_limit_get_413_and_a_declared_one_never_reaches_the_app() {
 
 #[test]
 fn a_bad_chunk_midway_is_refused_and_the_worker_recovers() {
+    // Held bodies are checked before any app sees them.
     let server = Server::start(&[&probe(), "w:1"]);
+    server.wait_workers(1);
+    let (answer, _) = raw(
+        server.port,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nnot-hex\r\n",
+    );
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert_eq!(server.get("/count").text(), "1", "the app saw the bad body");
+    drop(server);
+    // Streamed bodies reach the app as they come.
+    let server = Server::start(&[&probe(), "w:1", "--request-buffering=off"]);
     server.wait_workers(1);
     let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     stream
@@ -368,13 +379,10 @@ fn a_thousand_concurrent_connections_keep_the_lb_small() {
     );
 }
 
-#[test]
-fn queued_uploads_hold_no_body_buffers_in_the_lb() {
-    // 256 clients each with a 64 KiB upload, while 2 workers serve them in
-    // turn: body buffers belong to the workers, so the LB's memory does not
-    // grow with the clients waiting (it grew by ~130 KiB per client when
-    // each connection buffered its own body and response end).
-    let server = Server::start(&["builtin:hello", "w:2", "--no-access-log"]);
+/// The LB's peak RSS while 256 clients each upload 64 KiB, three times
+/// over, to 2 workers that serve them in turn.
+fn peak_with_256_queued_uploads(args: &[&str]) -> u64 {
+    let server = Server::start(&[&["builtin:hello", "w:2", "--no-access-log"], args].concat());
     server.wait_workers(2);
     let lb = server.lb_pid();
     let body = vec![b'x'; 64 * 1024];
@@ -409,10 +417,28 @@ fn queued_uploads_hold_no_body_buffers_in_the_lb() {
     for g in groups {
         g.join().unwrap();
     }
-    let peak = peak_rss_kib(lb);
+    peak_rss_kib(lb)
+}
+
+#[test]
+fn queued_uploads_hold_no_more_memory_than_the_buffer_bound() {
+    // Streamed, bodies pass through buffers that belong to the workers, so
+    // the LB's memory does not grow with the clients waiting (it grew by
+    // ~130 KiB per client when each connection streamed through buffers of
+    // its own).
+    let streamed = peak_with_256_queued_uploads(&["--request-buffering=off"]);
     assert!(
-        peak < 20 * 1024,
-        "the LB peaked at {peak} KiB with 256 clients uploading 64 KiB each"
+        streamed < 20 * 1024,
+        "streaming, the LB peaked at {streamed} KiB"
+    );
+    // Held (the default), 16 MiB of bodies wait: in memory up to
+    // --buffer-memory in all, in temp files beyond, plus a 16 KiB read
+    // buffer per client while it sends.
+    let held = peak_with_256_queued_uploads(&["--buffer-memory=4M"]);
+    let bound = 20 * 1024 + 4 * 1024 + 256 * 16;
+    assert!(
+        held < bound,
+        "holding bodies, the LB peaked at {held} KiB (bound {bound} KiB; streamed {streamed} KiB)"
     );
 }
 

@@ -161,3 +161,84 @@ fn an_upload_longer_than_the_read_timeout_succeeds() {
     let slow = server.request("POST", "/slow?ms=1500", &[], b"x");
     assert_eq!(slow.status, 504, "{}", slow.text());
 }
+
+/// Bodies are read whole before a worker takes them: a slow upload holds
+/// LB memory, never a worker.
+#[test]
+fn a_slow_upload_does_not_hold_a_worker() {
+    let server = Server::start(&[&probe(), "w:1", "--queue-timeout-ms=1000"]);
+    server.wait_workers(1);
+    let mut slow = Client::connect(server.port).unwrap();
+    slow.write_raw(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nab")
+        .unwrap();
+    // While it trickles (longer than the queue timeout), others are served
+    // at once, and the app has seen nothing of it.
+    for _ in 0..5 {
+        assert_eq!(server.get("/pid").status, 200);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(server.status().unwrap()["busy"], 0);
+    slow.write_raw(b"cdef").unwrap();
+    let answer = slow.read_response(false).unwrap();
+    assert_eq!(answer.text(), "abcdef");
+    assert_eq!(server.get("/max").text(), "1");
+}
+
+/// A body over `--body-buffer` waits in a temp file that has no name: it
+/// arrives whole, and nothing is left behind.
+#[test]
+fn a_large_body_is_held_in_a_file_that_leaves_nothing_behind() {
+    let server = Server::start(&["builtin:hello", "w:1", "--body-buffer=16K"]);
+    server.wait_workers(1);
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let echoed = server.request("POST", "/echo", &[], &body);
+    assert_eq!(echoed.status, 200);
+    assert!(echoed.body == body, "{} bytes came back", echoed.body.len());
+    // Chunked too (re-encoded, then held).
+    let mut client = Client::connect(server.port).unwrap();
+    let mut raw = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.chunks(100_000) {
+        raw.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        raw.extend_from_slice(piece);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    client.write_raw(&raw).unwrap();
+    let echoed = client.read_response(false).unwrap();
+    assert!(echoed.body == body, "{} bytes came back", echoed.body.len());
+    let lb = server.lb_pid();
+    let names: Vec<String> = std::fs::read_dir(server.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".sock") && !n.ends_with(".pid") && !n.ends_with(".mjs"))
+        .collect();
+    assert!(names.is_empty(), "left in the socket dir: {names:?}");
+    let open: Vec<String> = std::fs::read_dir(format!("/proc/{lb}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.contains("tmpfile") || p.contains("(deleted)"))
+        .collect();
+    assert!(open.is_empty(), "the LB still holds {open:?}");
+}
+
+#[test]
+fn a_client_that_stalls_mid_body_gets_408() {
+    let server = Server::start(&[&probe(), "w:1", "--body-timeout-ms=300"]);
+    server.wait_workers(1);
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_eq!(
+        server.get("/count").text(),
+        "1",
+        "the app saw the stalled request"
+    );
+}

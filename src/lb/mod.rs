@@ -8,6 +8,7 @@
 //! - [`http1`]: request and response heads (no I/O).
 //! - [`chunked`]: the chunked coding, decoded strictly (no I/O).
 //! - [`body`]: which bytes belong to a body, and what goes on (no I/O).
+//! - [`spool`]: request bodies held until a worker takes them.
 //! - [`upstream`]: the kept-alive connections to worker sockets.
 //! - [`io`]: sockets registered for read readiness only.
 //! - [`control`]: the join/quit server on the control socket.
@@ -24,6 +25,7 @@ pub mod io;
 mod memory;
 pub mod pool;
 pub mod proxy;
+pub mod spool;
 pub mod upstream;
 
 use std::os::fd::{FromRawFd, RawFd};
@@ -143,6 +145,14 @@ async fn serve(
             read_timeout: config.read_timeout,
             max_body: config.max_body,
             max_attempts: config.workers + 1,
+            spools: config.request_buffering.then(|| {
+                spool::Spools::new(
+                    config.paths.dir().to_path_buf(),
+                    config.body_buffer as usize,
+                    config.buffer_memory,
+                )
+            }),
+            body_timeout: config.body_timeout,
         },
         timeouts: client::Timeouts {
             idle: config.idle_timeout,

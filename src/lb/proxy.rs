@@ -23,12 +23,16 @@ use super::balancer::{Balancer, Lease, Reject};
 use super::body::{BodyError, Output, Relayer, RequestBody};
 use super::http1::{self, DateCache, Framing, Own, Parsed, RequestHead};
 use super::io::Socket;
+use super::spool::{Spool, Spools};
 use super::upstream::Upstream;
 
 /// Read size while a head is incomplete.
 pub const HEAD_CHUNK: usize = 4096;
 /// Read size while a body streams.
 pub const BODY_CHUNK: usize = 64 * 1024;
+/// Read size while a body is read to be held: small, as a thousand
+/// clients may be sending at once.
+const HOLD_CHUNK: usize = 16 * 1024;
 /// Buffers grown past this for a large body are shrunk back after it.
 pub const KEEP_CAPACITY: usize = 16 * 1024;
 /// The most of a response's end that is copied aside, to be sent after the
@@ -50,6 +54,11 @@ pub struct Proxy {
     pub max_body: u64,
     /// Workers tried for one request before giving up with 503.
     pub max_attempts: usize,
+    /// Where request bodies are held until a worker takes them; `None`:
+    /// bodies stream to the worker as they come.
+    pub spools: Option<Spools>,
+    /// The longest pause in a request body being held.
+    pub body_timeout: Duration,
 }
 
 /// One client connection's state, kept between its requests.
@@ -208,8 +217,7 @@ impl Proxy {
         received: Instant,
         closing: bool,
     ) -> Next {
-        let body = RequestBody::new(head.body, self.max_body);
-        let has_body = !body.is_done();
+        let mut body = RequestBody::new(head.body, self.max_body);
         let close = closing || !head.keep_alive;
         if let Framing::Length(n) = head.body {
             if n > self.max_body {
@@ -219,11 +227,26 @@ impl Proxy {
                 return Next::Close;
             }
         }
+        // The whole body is read before a worker is taken: a slow upload
+        // costs the LB memory or disk, never a worker.
+        let mut spool = None;
+        if let (Some(spools), false) = (&self.spools, body.is_done()) {
+            match self.hold_body(client, head, &mut body, spools).await {
+                Ok(held) => spool = Some(held),
+                Err(Hold::ClientGone) => return Next::Close,
+                Err(Hold::Refused(own)) => {
+                    return client.reply(&self.log, head, own, true, received).await;
+                }
+            }
+        }
+        // Whether the connection holds a body not yet read (then it cannot
+        // go on after an answer of the LB's own).
+        let has_body = !body.is_done();
         // A client that closes its end once its request is all here may be
         // waiting for the answer (a half-close): it is served. One whose
         // body is still to come cannot finish it: it leaves the queue.
         let complete = match head.body {
-            Framing::None => true,
+            _ if body.is_done() => true,
             Framing::Length(n) => client.buf.len() as u64 >= n,
             _ => false,
         };
@@ -250,7 +273,15 @@ impl Proxy {
                 }
             };
             match self
-                .attempt(lease, client, head, body.clone(), received, close)
+                .attempt(
+                    lease,
+                    client,
+                    head,
+                    body.clone(),
+                    spool.as_mut(),
+                    received,
+                    close,
+                )
                 .await
             {
                 Attempt::Done(next) => return next,
@@ -270,17 +301,21 @@ impl Proxy {
     }
 
     /// One try with one worker.
+    #[allow(clippy::too_many_arguments)] // the pieces of one exchange
     async fn attempt(
         &self,
         mut lease: Lease<Upstream>,
         client: &mut Client,
         head: &RequestHead,
         mut body: RequestBody,
+        mut spool: Option<&mut Spool>,
         received: Instant,
         close: bool,
     ) -> Attempt {
-        // The head goes out with whatever of the body is already here.
+        // The head goes out with whatever of the body is already here (or
+        // held in memory).
         client.out.clear();
+        let held: &[u8] = spool.as_ref().map_or(&[], |s| s.memory());
         let initial = match body.take(&client.buf, &mut client.out) {
             Ok(n) => n,
             Err(refused) => {
@@ -295,6 +330,7 @@ impl Proxy {
                 &client.req_head,
                 &client.out,
                 &client.buf[..initial],
+                held,
             )
             .await
         {
@@ -364,24 +400,37 @@ impl Proxy {
             self.read_timeout,
             &started,
         );
-        let answer = if body.is_done() {
+        // What of a held body is in its file still has to be sent.
+        let spooled = spool.as_deref_mut().filter(|s| s.has_file());
+        let answer = if body.is_done() && spooled.is_none() {
             // The client may close its end now (a half-close) and still
             // read the answer; one that has gone is found out when the
             // answer is written, and the app's response is then read to its
             // end (`respond`), so that the worker is freed, not retired.
             respond.await
         } else {
-            if head.expect_continue && client_socket.write_all(&[CONTINUE]).await.is_err() {
+            if head.expect_continue
+                && spooled.is_none()
+                && client_socket.write_all(&[CONTINUE]).await.is_err()
+            {
                 return Attempt::Done(Next::Close);
             }
-            let pump = pump(
-                &*client_socket,
-                client_buf,
-                body_buf,
-                body_out,
-                &mut body,
-                &*upstream_socket,
-            );
+            let pump = async {
+                match spooled {
+                    Some(spool) => send_held(spool, body_buf, &*upstream_socket).await,
+                    None => {
+                        pump(
+                            &*client_socket,
+                            client_buf,
+                            body_buf,
+                            body_out,
+                            &mut body,
+                            &*upstream_socket,
+                        )
+                        .await
+                    }
+                }
+            };
             tokio::pin!(pump, respond);
             let mut pumped = false;
             loop {
@@ -414,7 +463,9 @@ impl Proxy {
             Answer::Busy => {
                 // The busy answer is unread on the connection: it goes.
                 lease.busy(None);
-                if head.body == Framing::None {
+                // No app took the request: it can go to another worker if
+                // the LB has all of it.
+                if head.body == Framing::None || spool.is_some() {
                     return Attempt::Retry;
                 }
                 Attempt::Answer(Own {
@@ -503,8 +554,13 @@ impl Proxy {
         req_head: &[u8],
         body: &Output,
         input: &[u8],
+        held: &[u8],
     ) -> std::io::Result<Upstream> {
-        let parts = || std::iter::once(req_head).chain(body.parts(input));
+        let parts = || {
+            std::iter::once(req_head)
+                .chain(body.parts(input))
+                .chain(std::iter::once(held))
+        };
         let parked = lease.take_conn().filter(|u| !u.socket.stale());
         if let Some(upstream) = parked {
             if upstream.socket.write_parts(parts()).await.is_ok() {
@@ -514,6 +570,98 @@ impl Proxy {
         let upstream = Upstream::connect(lease.socket())?;
         upstream.socket.write_parts(parts()).await?;
         Ok(upstream)
+    }
+}
+
+/// Why a request body could not be held.
+enum Hold {
+    ClientGone,
+    /// Answered with this, and the connection closed.
+    Refused(Own<'static>),
+}
+
+impl Proxy {
+    /// Reads the rest of a request body into a [`Spool`] (re-encoded as
+    /// the worker gets it). What the client sent past the body stays in
+    /// `client.buf`.
+    async fn hold_body(
+        &self,
+        client: &mut Client,
+        head: &RequestHead,
+        body: &mut RequestBody,
+        spools: &Spools,
+    ) -> Result<Spool, Hold> {
+        let mut spool = spools.spool(match head.body {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        });
+        if head.expect_continue
+            && client.buf.is_empty()
+            && client.socket.write_all(&[CONTINUE]).await.is_err()
+        {
+            return Err(Hold::ClientGone);
+        }
+        loop {
+            if !client.buf.is_empty() {
+                client.out.clear();
+                let n = body
+                    .take(&client.buf, &mut client.out)
+                    .map_err(|refused| Hold::Refused(refused.answer()))?;
+                for part in client.out.parts(&client.buf[..n]) {
+                    if let Err(e) = spool.write(part) {
+                        warn!("cannot hold a request body: {e}");
+                        return Err(Hold::Refused(Own {
+                            retry_after: true,
+                            ..Own::text(503, "Service Unavailable", "Server busy", true)
+                        }));
+                    }
+                }
+                client.buf.drain(..n);
+                if body.is_done() {
+                    // While it waits for a worker, the connection holds its
+                    // body once, not twice.
+                    if client.buf.capacity() > KEEP_CAPACITY {
+                        client.buf.shrink_to(HEAD_CHUNK.max(client.buf.len()));
+                    }
+                    return Ok(spool);
+                }
+            }
+            let read = client.socket.read_into(&mut client.buf, HOLD_CHUNK);
+            match tokio::time::timeout(self.body_timeout, read).await {
+                Err(_) => {
+                    return Err(Hold::Refused(Own::text(
+                        408,
+                        "Request Timeout",
+                        "Request Timeout",
+                        true,
+                    )))
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(Hold::ClientGone),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// Sends the part of a held body that is in its file.
+async fn send_held(
+    spool: &mut Spool,
+    buf: &mut Vec<u8>,
+    upstream: &Socket,
+) -> Result<(), PumpError> {
+    let mut file = spool.rewind().map_err(|_| PumpError::WorkerGone)?;
+    loop {
+        match file.next_piece(buf, BODY_CHUNK) {
+            Ok(0) => return Ok(()),
+            Ok(_) => upstream
+                .write_all(&[buf])
+                .await
+                .map_err(|_| PumpError::WorkerGone)?,
+            Err(e) => {
+                warn!("cannot read a held request body back: {e}");
+                return Err(PumpError::WorkerGone);
+            }
+        }
     }
 }
 
