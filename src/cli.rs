@@ -168,6 +168,24 @@ pub struct Options {
     )]
     pub body_timeout_ms: u64,
 
+    /// How long an app may pause in the middle of a response body before the response is cut short
+    #[arg(
+        long,
+        env = "RIP_APP_IDLE_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 60000
+    )]
+    pub app_idle_timeout_ms: u64,
+
+    /// How long a write to a client may wait (a client that reads slower is let go)
+    #[arg(
+        long,
+        env = "RIP_SEND_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 60000
+    )]
+    pub send_timeout_ms: u64,
+
     /// How long a client may take to send a request head, from its first byte
     #[arg(
         long,

@@ -68,6 +68,10 @@ pub struct Config {
     pub buffer_memory: u64,
     /// The longest pause in a request body.
     pub body_timeout: Duration,
+    /// The longest pause in an app's response body.
+    pub app_idle_timeout: Duration,
+    /// The longest a write to a client may wait.
+    pub send_timeout: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     /// Forward request header names with underscores.
@@ -201,6 +205,8 @@ impl Config {
             body_buffer: options.body_buffer,
             buffer_memory: options.buffer_memory,
             body_timeout: Duration::from_millis(options.body_timeout_ms),
+            app_idle_timeout: Duration::from_millis(options.app_idle_timeout_ms),
+            send_timeout: Duration::from_millis(options.send_timeout_ms),
             header_timeout: Duration::from_millis(options.header_timeout_ms),
             idle_timeout: Duration::from_millis(options.idle_timeout_ms),
             underscore_headers: options.allow_underscore_headers,
@@ -237,6 +243,8 @@ impl Config {
             format!("--body-buffer={}", self.body_buffer),
             format!("--buffer-memory={}", self.buffer_memory),
             format!("--body-timeout-ms={}", ms(self.body_timeout)),
+            format!("--app-idle-timeout-ms={}", ms(self.app_idle_timeout)),
+            format!("--send-timeout-ms={}", ms(self.send_timeout)),
             format!("--header-timeout-ms={}", ms(self.header_timeout)),
             format!("--idle-timeout-ms={}", ms(self.idle_timeout)),
             format!("--lb-threads={}", self.lb_threads),

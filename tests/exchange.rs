@@ -242,3 +242,39 @@ fn a_client_that_stalls_mid_body_gets_408() {
         "the app saw the stalled request"
     );
 }
+
+/// An app that stops in the middle of a body is cut off after
+/// `--app-idle-timeout-ms`, and replaced (it may still be busy).
+#[test]
+fn an_app_that_stalls_mid_body_is_cut_off() {
+    let server = Server::start(&[&probe(), "w:1", "--app-idle-timeout-ms=300"]);
+    server.wait_workers(1);
+    let mut client = Client::connect(server.port).unwrap();
+    let cut = client.send("GET", "/pause?ms=2000", &[], b"");
+    assert!(cut.is_err(), "a cut response was read whole: {cut:?}");
+    server.wait_output("worker 1 ready");
+    // Within the limit a pause is fine.
+    assert_eq!(server.get("/pause?ms=100").text(), "0123456789");
+}
+
+/// A client that reads slower than the send timeout allows is let go, and
+/// the app's response is read to its end so its worker is freed.
+#[test]
+fn a_client_that_stops_reading_is_let_go_and_costs_no_app_process() {
+    let server = Server::start(&[&probe(), "w:1", "--send-timeout-ms=300"]);
+    server.wait_workers(1);
+    let pid = server.get("/pid").text();
+    let stuck = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    (&stuck)
+        .write_all(b"GET /big?n=20000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // It never reads; the app finishes anyway.
+    server.wait_output("big done");
+    assert_eq!(server.get("/pid").text(), pid);
+    assert!(
+        !server.output().contains("worker 1 ready"),
+        "{}",
+        server.output()
+    );
+    drop(stuck);
+}

@@ -153,6 +153,8 @@ async fn serve(
                 )
             }),
             body_timeout: config.body_timeout,
+            app_idle_timeout: config.app_idle_timeout,
+            send_timeout: config.send_timeout,
         },
         timeouts: client::Timeouts {
             idle: config.idle_timeout,

@@ -59,6 +59,10 @@ pub struct Proxy {
     pub spools: Option<Spools>,
     /// The longest pause in a request body being held.
     pub body_timeout: Duration,
+    /// The longest pause in an app's response body.
+    pub app_idle_timeout: Duration,
+    /// The longest a write to a client may wait.
+    pub send_timeout: Duration,
 }
 
 /// One client connection's state, kept between its requests.
@@ -395,6 +399,8 @@ impl Proxy {
                 http10: head.http10,
                 close,
                 log,
+                app_idle: self.app_idle_timeout,
+                send_timeout: self.send_timeout,
             },
             &head_deadline,
             self.read_timeout,
@@ -524,7 +530,12 @@ impl Proxy {
                         // go first: the app works while we write.
                         tokio::task::yield_now().await;
                     }
-                    client_ok &= client.socket.write_all(&[&client.resp_head]).await.is_ok();
+                    let tail = [&client.resp_head[..]];
+                    let write = client.socket.write_all(&tail);
+                    client_ok &= matches!(
+                        tokio::time::timeout(self.send_timeout, write).await,
+                        Ok(Ok(()))
+                    );
                 }
                 self.log.log(&Entry {
                     method: &head.method,
@@ -712,6 +723,14 @@ async fn pump(
     Ok(())
 }
 
+/// Whether a write to the client went through within the send timeout.
+async fn sent(shape: Shape, write: impl std::future::Future<Output = std::io::Result<()>>) -> bool {
+    matches!(
+        tokio::time::timeout(shape.send_timeout, write).await,
+        Ok(Ok(()))
+    )
+}
+
 /// When the wait for a response head ends: set once the request has been
 /// sent whole (or the app stopped reading it).
 #[derive(Default)]
@@ -738,6 +757,10 @@ struct Shape {
     http10: bool,
     close: bool,
     log: bool,
+    /// The longest pause in the app's response body.
+    app_idle: Duration,
+    /// The longest a write to the client may wait.
+    send_timeout: Duration,
 }
 
 /// Reads the worker's response head (until `deadline`) and relays the
@@ -851,7 +874,7 @@ async fn respond(
             head_pending = false;
             started.store(true, Ordering::Relaxed);
             let parts = std::iter::once(head_part).chain(out.parts(input));
-            if client.write_parts(parts).await.is_err() {
+            if !sent(shape, client.write_parts(parts)).await {
                 draining = Some(Instant::now() + drain);
             }
             continue;
@@ -861,19 +884,23 @@ async fn respond(
         if head_pending {
             head_pending = false;
             started.store(true, Ordering::Relaxed);
-            if client.write_all(&[resp_head]).await.is_err() {
+            if !sent(shape, client.write_all(&[resp_head])).await {
                 draining = Some(Instant::now() + drain);
             }
         }
         buf.clear();
         pos = 0;
-        let read = match draining {
-            None => upstream.read_into(buf, BODY_CHUNK).await,
-            Some(until) => {
-                match tokio::time::timeout_at(until, upstream.read_into(buf, BODY_CHUNK)).await {
-                    Ok(read) => read,
-                    Err(_) => break,
+        let until = draining.unwrap_or_else(|| Instant::now() + shape.app_idle);
+        let read = match tokio::time::timeout_at(until, upstream.read_into(buf, BODY_CHUNK)).await {
+            Ok(read) => read,
+            Err(_) => {
+                if draining.is_none() {
+                    warn!(
+                        "the app sent nothing for {:?} mid-body: response cut short",
+                        shape.app_idle
+                    );
                 }
+                break;
             }
         };
         match read {
@@ -881,7 +908,7 @@ async fn respond(
                 out.clear();
                 match relayer.end(out) {
                     Ok(()) if draining.is_none() => {
-                        if client.write_parts(out.parts(&[])).await.is_err() {
+                        if !sent(shape, client.write_parts(out.parts(&[]))).await {
                             draining = Some(Instant::now());
                         }
                     }
