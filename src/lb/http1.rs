@@ -141,6 +141,12 @@ fn listed(connection: &[&[u8]], name: &str) -> bool {
     })
 }
 
+/// Whether a connection stays open after a message (RFC 9112 §9.3):
+/// `close` ends it whatever else is listed; HTTP/1.0 needs `keep-alive`.
+fn persistent(http10: bool, connection: &[&[u8]]) -> bool {
+    !listed(connection, "close") && (!http10 || listed(connection, "keep-alive"))
+}
+
 /// Parses `Content-Length`: digits only; repeated values must agree.
 fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, ()> {
     let mut length = None;
@@ -215,7 +221,7 @@ fn valid_host(value: &[u8]) -> bool {
             None => (value, &value[..0]),
         }
     };
-    if !host.iter().all(|&b| reg_name_char(b)) {
+    if !host.iter().all(|&b| reg_name_char(b)) || !percent_encoded(host) {
         return false;
     }
     match port.split_first() {
@@ -223,6 +229,19 @@ fn valid_host(value: &[u8]) -> bool {
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
     }
+}
+
+/// Whether every `%` in `text` starts a `%HH` escape.
+fn percent_encoded(text: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(at) = text[i..].iter().position(|&b| b == b'%') {
+        let at = i + at;
+        match text.get(at + 1..at + 3) {
+            Some(hh) if hh.iter().all(u8::is_ascii_hexdigit) => i = at + 3,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The forms of a request target (RFC 9112 §3.2).
@@ -411,11 +430,7 @@ pub fn parse_request(
         (false, Some(0)) | (false, None) => Framing::None,
         (false, Some(n)) => Framing::Length(n),
     };
-    let keep_alive = if http10 {
-        listed(&connection, "keep-alive")
-    } else {
-        !listed(&connection, "close")
-    };
+    let keep_alive = persistent(http10, &connection);
 
     out.clear();
     out.extend_from_slice(method_str.as_bytes());
@@ -423,7 +438,10 @@ pub fn parse_request(
     let path = match &form {
         Target::Origin => target.clone(),
         Target::Absolute { path, .. } => {
-            if path.is_empty() || buf[path.start] == b'?' {
+            if path.is_empty() && method == Method::OPTIONS {
+                // RFC 9112 §3.2.4: the server-wide OPTIONS.
+                out.push(b'*');
+            } else if path.is_empty() || buf[path.start] == b'?' {
                 out.push(b'/');
             }
             path.clone()
@@ -653,11 +671,7 @@ pub fn parse_response(
     // trusted to be the next response, so it is not reused.
     let reusable = body != Framing::UntilClose
         && !no_body
-        && if http10 {
-            listed(&connection, "keep-alive")
-        } else {
-            !listed(&connection, "close")
-        };
+        && persistent(http10, &connection);
     let relay = match (body, client_http10) {
         (Framing::None, _) => Relay::None,
         (Framing::Length(_), _) => Relay::Pass(body),
@@ -1240,6 +1254,37 @@ mod tests {
         ] {
             assert!(!out.contains(name), "{name} forwarded: {out}");
         }
+    }
+
+    /// Found by the differential oracle: `close` wins over `keep-alive`.
+    #[test]
+    fn close_ends_an_http10_connection_whatever_else_is_listed() {
+        assert!(
+            !ok("GET /1 HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        let head = final_head(
+            response(
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive, close\r\n\r\nx",
+                false,
+                false,
+                false,
+            )
+            .0,
+        );
+        assert!(!head.reusable);
+    }
+
+    #[test]
+    fn odd_corners_of_targets_and_hosts() {
+        // The server-wide OPTIONS in absolute form is `*` to the app.
+        let (_, out) = ok("OPTIONS http://a HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(out.starts_with("OPTIONS * HTTP/1.1\r\n"), "{out}");
+        // A `%` must begin an escape.
+        assert!(refused("GET / HTTP/1.1\r\nHost: a%\r\n\r\n"));
+        assert!(refused("GET / HTTP/1.1\r\nHost: a%4g\r\n\r\n"));
+        assert!(ok("GET / HTTP/1.1\r\nHost: a%41\r\n\r\n").1.contains("Host: a%41\r\n"));
     }
 
     #[test]
