@@ -159,6 +159,14 @@ pub struct Options {
     #[arg(long, env = "RIP_BUFFER_MEMORY", value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
     pub buffer_memory: u64,
 
+    /// The most temp-file bytes all responses waiting for slow clients may take together (beyond: the client's pace)
+    #[arg(long, env = "RIP_BUFFER_DISK", value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
+    pub buffer_disk: u64,
+
+    /// Read an app's response as fast as it comes and keep what a slow client has not taken (on), or relay at the client's pace (off)
+    #[arg(long, env = "RIP_RESPONSE_BUFFERING", value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub response_buffering: bool,
+
     /// How long a client may pause while sending a request body
     #[arg(
         long,

@@ -66,6 +66,10 @@ pub struct Config {
     pub body_buffer: u64,
     /// The most memory all held bodies take together.
     pub buffer_memory: u64,
+    /// The most temp-file bytes waiting responses take together.
+    pub buffer_disk: u64,
+    /// Responses are read as fast as the app writes them.
+    pub response_buffering: bool,
     /// The longest pause in a request body.
     pub body_timeout: Duration,
     /// The longest pause in an app's response body.
@@ -204,6 +208,8 @@ impl Config {
             request_buffering: options.request_buffering,
             body_buffer: options.body_buffer,
             buffer_memory: options.buffer_memory,
+            buffer_disk: options.buffer_disk,
+            response_buffering: options.response_buffering,
             body_timeout: Duration::from_millis(options.body_timeout_ms),
             app_idle_timeout: Duration::from_millis(options.app_idle_timeout_ms),
             send_timeout: Duration::from_millis(options.send_timeout_ms),
@@ -242,6 +248,11 @@ impl Config {
             ),
             format!("--body-buffer={}", self.body_buffer),
             format!("--buffer-memory={}", self.buffer_memory),
+            format!("--buffer-disk={}", self.buffer_disk),
+            format!(
+                "--response-buffering={}",
+                if self.response_buffering { "on" } else { "off" }
+            ),
             format!("--body-timeout-ms={}", ms(self.body_timeout)),
             format!("--app-idle-timeout-ms={}", ms(self.app_idle_timeout)),
             format!("--send-timeout-ms={}", ms(self.send_timeout)),

@@ -278,3 +278,59 @@ fn a_client_that_stops_reading_is_let_go_and_costs_no_app_process() {
     );
     drop(stuck);
 }
+
+/// The LB reads a response as fast as the app writes it: a slow reader
+/// of a large download holds LB memory and a temp file, not the worker.
+#[test]
+fn a_slow_reader_does_not_hold_a_worker() {
+    let server = Server::start(&[&probe(), "w:1"]);
+    server.wait_workers(1);
+    let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    slow.write_all(b"GET /big?n=20000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // The app is done long before the client is, and serves others.
+    server.wait_output("big done");
+    assert_eq!(server.get("/pid").status, 200);
+    assert_eq!(server.status().unwrap()["busy"], 0);
+    // What waits is in a file that has no name.
+    let lb = server.lb_pid();
+    let held: Vec<_> = std::fs::read_dir(format!("/proc/{lb}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter(|p| p.display().to_string().contains("(deleted)"))
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    // The client then reads it all, byte for byte.
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let body_at = loop {
+        let n = slow.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {} bytes", all.len());
+        all.extend_from_slice(&buf[..n]);
+        if let Some(at) = all.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    while all.len() - body_at < 20_000_000 {
+        let n = slow.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {} body bytes", all.len() - body_at);
+        all.extend_from_slice(&buf[..n]);
+    }
+    assert!(all[body_at..].iter().all(|&b| b == b'x'));
+    assert_eq!(all.len() - body_at, 20_000_000);
+    // Then the file is gone.
+    eventually("the backlog file closed", || {
+        std::fs::read_dir(format!("/proc/{lb}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .all(|p| !p.display().to_string().contains("(deleted)"))
+            .then_some(())
+    });
+    assert!(
+        !server.output().contains("worker 1 ready"),
+        "{}",
+        server.output()
+    );
+}

@@ -521,38 +521,63 @@ fn large_bodies_stream_through_in_bounded_memory() {
 #[test]
 fn a_worker_is_busy_until_its_response_body_is_done() {
     use std::io::Read;
-    let server = Server::start(&["builtin:hello", "w:1", "--queue-timeout-ms=300"]);
-    server.wait_workers(1);
     // A client takes the head of a large response, then stops reading.
-    let mut slow = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    std::io::Write::write_all(
-        &mut slow,
-        b"GET /big?n=67108864 HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        slow.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"));
-    // The worker is still sending that body: the next request must wait.
+    let slow_reader = |port: u16| {
+        let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(
+            &mut slow,
+            b"GET /big?n=67108864 HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            slow.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        slow
+    };
+    let read_all = |mut slow: std::net::TcpStream| {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0;
+        while total < 67_108_864 {
+            let n = slow.read(&mut buf).unwrap();
+            assert!(n > 0);
+            total += n;
+        }
+    };
+    // Relayed at the client's pace, the worker is still sending that body:
+    // the next request must wait.
+    let server = Server::start(&[
+        "builtin:hello",
+        "w:1",
+        "--queue-timeout-ms=300",
+        "--response-buffering=off",
+    ]);
+    server.wait_workers(1);
+    let slow = slow_reader(server.port);
     let waited = server.get("/ping");
     assert_eq!(
         (waited.status, waited.text().as_str()),
         (504, "Queue timeout")
     );
     // Once the body is read to its end, the worker is free again.
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0;
-    while total < 67_108_864 {
-        let n = slow.read(&mut buf).unwrap();
-        assert!(n > 0);
-        total += n;
-    }
+    read_all(slow);
     eventually("the worker to be free", || {
         let r = try_request(server.port, "GET", "/ping", &[], b"").ok()?;
         (r.status == 200).then_some(())
     });
+    drop(server);
+    // By default the LB reads the response as fast as the app writes it
+    // and keeps what the client has not taken: the worker is free once the
+    // app is done.
+    let server = Server::start(&["builtin:hello", "w:1", "--queue-timeout-ms=300"]);
+    server.wait_workers(1);
+    let slow = slow_reader(server.port);
+    eventually("the worker to be free", || {
+        let r = try_request(server.port, "GET", "/ping", &[], b"").ok()?;
+        (r.status == 200).then_some(())
+    });
+    read_all(slow);
 }

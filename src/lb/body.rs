@@ -134,6 +134,7 @@ impl Output {
 
 /// The bytes an [`Output`] sends. (A named type rather than a closure's:
 /// futures that hold it across an await stay `Send`.)
+#[derive(Clone)]
 pub struct Parts<'a> {
     output: &'a Output,
     input: &'a [u8],

@@ -35,7 +35,12 @@ pub(super) async fn serve(
     local: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut client = Client::new(socket, Some(peer.ip()), local.to_string());
+    let mut client = Client::new(
+        socket,
+        Some(peer.ip()),
+        local.to_string(),
+        lb.proxy.spools.clone(),
+    );
     let underscores = lb.underscore_headers;
     loop {
         let head = match read_head(&mut client, &mut stop, lb.timeouts, underscores).await {

@@ -100,6 +100,9 @@ enum Field {
     ContentType,
     WorkerBusy,
     WorkerRecycle,
+    /// `X-Accel-Buffering` (nginx's name): `no` asks that the response
+    /// flow as it is produced. Not forwarded.
+    AccelBuffering,
 }
 
 fn field(name: &str) -> Field {
@@ -125,6 +128,7 @@ fn field(name: &str) -> Field {
         15 if eq("rip-worker-busy") => Field::WorkerBusy,
         16 if eq("proxy-connection") => Field::Dropped,
         17 if eq("transfer-encoding") => Field::TransferEncoding,
+        17 if eq("x-accel-buffering") => Field::AccelBuffering,
         18 if eq("rip-worker-recycle") => Field::WorkerRecycle,
         n if n > 11 && name[..11].eq_ignore_ascii_case("rip-worker-") => Field::Dropped,
         _ => Field::Kept,
@@ -552,6 +556,9 @@ pub struct ResponseHead {
     pub recycle: bool,
     /// The media type, for the access log.
     pub content_type: Option<Range<usize>>,
+    /// The response flows as it is produced (`text/event-stream`, or
+    /// `X-Accel-Buffering: no`): the LB keeps none of it for a slow client.
+    pub stream: bool,
 }
 
 /// What became of a response head.
@@ -621,6 +628,7 @@ pub fn parse_response(
     let mut busy = false;
     let mut recycle = false;
     let mut content_type = None;
+    let mut stream = false;
     for f in response.headers.iter() {
         match field(f.name) {
             Field::Connection => connection.push(f.value),
@@ -635,7 +643,15 @@ pub fn parse_response(
             }
             Field::WorkerBusy => busy = f.value.trim_ascii() == b"1",
             Field::WorkerRecycle => recycle = f.value.trim_ascii() == b"1",
-            Field::ContentType => content_type = Some(offset_of(buf, f.value)),
+            Field::AccelBuffering => {
+                stream |= f.value.trim_ascii().eq_ignore_ascii_case(b"no");
+            }
+            Field::ContentType => {
+                content_type = Some(offset_of(buf, f.value));
+                let media = f.value.trim_ascii();
+                stream |=
+                    media.len() >= 17 && media[..17].eq_ignore_ascii_case(b"text/event-stream");
+            }
             _ => {}
         }
     }
@@ -669,9 +685,7 @@ pub fn parse_response(
     // After HEAD, 204 or 304 the app may still write the body its headers
     // describe (a common bug): what comes next on the connection cannot be
     // trusted to be the next response, so it is not reused.
-    let reusable = body != Framing::UntilClose
-        && !no_body
-        && persistent(http10, &connection);
+    let reusable = body != Framing::UntilClose && !no_body && persistent(http10, &connection);
     let relay = match (body, client_http10) {
         (Framing::None, _) => Relay::None,
         (Framing::Length(_), _) => Relay::Pass(body),
@@ -736,6 +750,7 @@ pub fn parse_response(
             busy: busy && status == 503,
             recycle,
             content_type,
+            stream,
         }),
         relay,
         close,
@@ -1284,7 +1299,9 @@ mod tests {
         // A `%` must begin an escape.
         assert!(refused("GET / HTTP/1.1\r\nHost: a%\r\n\r\n"));
         assert!(refused("GET / HTTP/1.1\r\nHost: a%4g\r\n\r\n"));
-        assert!(ok("GET / HTTP/1.1\r\nHost: a%41\r\n\r\n").1.contains("Host: a%41\r\n"));
+        assert!(ok("GET / HTTP/1.1\r\nHost: a%41\r\n\r\n")
+            .1
+            .contains("Host: a%41\r\n"));
     }
 
     #[test]

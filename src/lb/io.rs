@@ -145,6 +145,37 @@ impl Socket {
         Ok(())
     }
 
+    /// Writes what the socket takes of `parts` now, without waiting;
+    /// returns how many bytes went (0 when it takes none).
+    pub fn try_write_parts<'a, I>(&self, mut parts: I) -> io::Result<usize>
+    where
+        I: Iterator<Item = &'a [u8]>,
+    {
+        let mut storage = [IoSlice::new(&[]); MAX_PARTS];
+        let mut count = 0;
+        while count < MAX_PARTS {
+            match parts.next() {
+                Some([]) => {}
+                Some(part) => {
+                    storage[count] = IoSlice::new(part);
+                    count += 1;
+                }
+                None => break,
+            }
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        loop {
+            match nix::sys::uio::writev(self.fd.get_ref().as_fd(), &storage[..count]) {
+                Ok(n) => return Ok(n),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn is_blocked(&self) -> bool {
         self.blocked.lock().map(|b| b.is_some()).unwrap_or(false)
     }
@@ -152,7 +183,7 @@ impl Socket {
     /// Waits until the socket takes more bytes, registering for write
     /// readiness for as long as writes block. (One task writes a socket at a
     /// time, so the registration is taken out while it is waited on.)
-    async fn wait_writable(&self) -> io::Result<()> {
+    pub async fn wait_writable(&self) -> io::Result<()> {
         let parked = self
             .blocked
             .lock()

@@ -2,6 +2,7 @@
 //! socket, and the scheduling of requests onto workers.
 //!
 //! - [`pool`]: the scheduling core (LIFO idle stack, FIFO queue, deadlines).
+//! - [`backlog`]: what a slow client has not taken yet of a response.
 //! - [`balancer`]: the async layer around it (waiting, leases).
 //! - [`client`]: one client connection, request after request.
 //! - [`proxy`]: one request through the LB, to a worker and back.
@@ -15,6 +16,7 @@
 //! - [`access_log`]: the access log writer.
 
 pub mod access_log;
+pub mod backlog;
 pub mod balancer;
 pub mod body;
 pub mod chunked;
@@ -145,13 +147,14 @@ async fn serve(
             read_timeout: config.read_timeout,
             max_body: config.max_body,
             max_attempts: config.workers + 1,
-            spools: config.request_buffering.then(|| {
-                spool::Spools::new(
-                    config.paths.dir().to_path_buf(),
-                    config.body_buffer as usize,
-                    config.buffer_memory,
-                )
-            }),
+            spools: spool::Spools::new(
+                config.paths.dir().to_path_buf(),
+                config.body_buffer as usize,
+                config.buffer_memory,
+                config.buffer_disk,
+            ),
+            request_buffering: config.request_buffering,
+            response_buffering: config.response_buffering,
             body_timeout: config.body_timeout,
             app_idle_timeout: config.app_idle_timeout,
             send_timeout: config.send_timeout,

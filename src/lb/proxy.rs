@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::access_log::{AccessLog, Entry};
+use super::backlog::Backlog;
 use super::balancer::{Balancer, Lease, Reject};
 use super::body::{BodyError, Output, Relayer, RequestBody};
 use super::http1::{self, DateCache, Framing, Own, Parsed, RequestHead};
@@ -54,9 +55,15 @@ pub struct Proxy {
     pub max_body: u64,
     /// Workers tried for one request before giving up with 503.
     pub max_attempts: usize,
-    /// Where request bodies are held until a worker takes them; `None`:
-    /// bodies stream to the worker as they come.
-    pub spools: Option<Spools>,
+    /// Where request bodies wait for a worker, and responses for their
+    /// clients.
+    pub spools: Spools,
+    /// Request bodies are read whole before a worker takes them (else they
+    /// stream to the worker as they come).
+    pub request_buffering: bool,
+    /// Responses are read as fast as the app writes them (else at the
+    /// client's pace).
+    pub response_buffering: bool,
     /// The longest pause in a request body being held.
     pub body_timeout: Duration,
     /// The longest pause in an app's response body.
@@ -85,10 +92,12 @@ pub struct Client {
     pub host: String,
     /// The client has closed its end (it sends nothing more).
     pub eof: bool,
+    /// What the client has not taken yet of a response.
+    pub backlog: Backlog,
 }
 
 impl Client {
-    pub fn new(socket: Socket, peer: Option<IpAddr>, host: String) -> Client {
+    pub fn new(socket: Socket, peer: Option<IpAddr>, host: String, spools: Spools) -> Client {
         Client {
             socket,
             peer,
@@ -100,6 +109,7 @@ impl Client {
             out: Output::default(),
             host,
             eof: false,
+            backlog: Backlog::new(spools),
         }
     }
 
@@ -234,7 +244,10 @@ impl Proxy {
         // The whole body is read before a worker is taken: a slow upload
         // costs the LB memory or disk, never a worker.
         let mut spool = None;
-        if let (Some(spools), false) = (&self.spools, body.is_done()) {
+        if let (Some(spools), false) = (
+            self.request_buffering.then_some(&self.spools),
+            body.is_done(),
+        ) {
             match self.hold_body(client, head, &mut body, spools).await {
                 Ok(held) => spool = Some(held),
                 Err(Hold::ClientGone) => return Next::Close,
@@ -369,6 +382,7 @@ impl Proxy {
             buf: client_buf,
             resp_head,
             date,
+            backlog,
             ..
         } = client;
         let Upstream {
@@ -394,6 +408,7 @@ impl Proxy {
             &*upstream_socket,
             upstream_buf,
             upstream_out,
+            backlog,
             Shape {
                 head_request,
                 http10: head.http10,
@@ -401,6 +416,7 @@ impl Proxy {
                 log,
                 app_idle: self.app_idle_timeout,
                 send_timeout: self.send_timeout,
+                buffering: self.response_buffering,
             },
             &head_deadline,
             self.read_timeout,
@@ -524,6 +540,21 @@ impl Proxy {
                     drop(lease); // abandoned mid-body: retired
                 }
                 let mut client_ok = client_ok;
+                if client_ok && !client.backlog.is_empty() {
+                    // The worker is free: what the client has not taken
+                    // yet goes on at its pace.
+                    let shape = Shape {
+                        head_request: false,
+                        http10: head.http10,
+                        close,
+                        log: false,
+                        app_idle: self.app_idle_timeout,
+                        send_timeout: self.send_timeout,
+                        buffering: true,
+                    };
+                    client_ok = flush(&client.socket, &mut client.backlog, shape).await;
+                }
+                client.backlog.clear();
                 if tail {
                     if handed_over {
                         // Let the request that was waiting for this worker
@@ -723,6 +754,98 @@ async fn pump(
     Ok(())
 }
 
+/// Sends `parts` to the client: at once as far as it takes them, the rest
+/// into `backlog` (when `buffer`) to follow later, or — when the backlog's
+/// bounds leave no room, or not buffering — at the client's pace. Whether
+/// the client is still there.
+async fn deliver<'a, I>(
+    client: &Socket,
+    backlog: &mut Backlog,
+    buffer: bool,
+    shape: Shape,
+    parts: I,
+) -> bool
+where
+    I: Iterator<Item = &'a [u8]> + Clone,
+{
+    if !buffer {
+        return sent(shape, client.write_parts(parts)).await;
+    }
+    let mut skip = 0;
+    if backlog.is_empty() {
+        match client.try_write_parts(parts.clone()) {
+            Ok(n) => skip = n,
+            Err(_) => return false,
+        }
+    }
+    // Where the backlog had no more room: part `i`, from byte `at`.
+    let mut rest = None;
+    for (i, part) in parts.clone().enumerate() {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        let at = std::mem::take(&mut skip);
+        match backlog.push(&part[at..]) {
+            Ok(true) => {}
+            Ok(false) => {
+                rest = Some((i, at));
+                break;
+            }
+            Err(e) => {
+                warn!("cannot keep a response for a slow client: {e}");
+                rest = Some((i, at));
+                break;
+            }
+        }
+    }
+    let Some((i, at)) = rest else {
+        return flush_ready(client, backlog).is_ok();
+    };
+    // No room: what waits goes first, then the rest, at the client's pace.
+    if !flush(client, backlog, shape).await {
+        return false;
+    }
+    let rest: Vec<&[u8]> = parts
+        .enumerate()
+        .skip(i)
+        .map(|(j, part)| if j == i { &part[at..] } else { part })
+        .collect();
+    sent(shape, client.write_parts(rest.into_iter())).await
+}
+
+/// Sends what the client takes of the backlog now, without waiting.
+fn flush_ready(client: &Socket, backlog: &mut Backlog) -> std::io::Result<()> {
+    loop {
+        let front = backlog.front()?;
+        if front.is_empty() {
+            return Ok(());
+        }
+        let n = client.try_write_parts(std::iter::once(front))?;
+        if n == 0 {
+            return Ok(());
+        }
+        backlog.consume(n);
+    }
+}
+
+/// Sends all of the backlog at the client's pace; whether it went.
+async fn flush(client: &Socket, backlog: &mut Backlog, shape: Shape) -> bool {
+    loop {
+        let Ok(front) = backlog.front() else {
+            return false;
+        };
+        if front.is_empty() {
+            return true;
+        }
+        let n = front.len();
+        if !sent(shape, client.write_all(&[front])).await {
+            return false;
+        }
+        backlog.consume(n);
+    }
+}
+
 /// Whether a write to the client went through within the send timeout.
 async fn sent(shape: Shape, write: impl std::future::Future<Output = std::io::Result<()>>) -> bool {
     matches!(
@@ -761,6 +884,8 @@ struct Shape {
     app_idle: Duration,
     /// The longest a write to the client may wait.
     send_timeout: Duration,
+    /// What a slow client cannot take at once may wait in its backlog.
+    buffering: bool,
 }
 
 /// Reads the worker's response head (until `deadline`) and relays the
@@ -775,6 +900,7 @@ async fn respond(
     upstream: &Socket,
     buf: &mut Vec<u8>,
     out: &mut Output,
+    backlog: &mut Backlog,
     shape: Shape,
     deadline: &HeadDeadline,
     drain: Duration,
@@ -826,6 +952,10 @@ async fn respond(
             .map(str::to_string),
         _ => None,
     };
+    // What the client cannot take at once waits in the backlog, so the
+    // worker is done when the app is — unless the response must flow as it
+    // is produced (then it goes at the client's pace).
+    let buffer = shape.buffering && !head.stream;
     let mut relayer = Relayer::new(relay, head.body);
     let mut pos = head.len;
     let mut head_pending = true;
@@ -859,7 +989,7 @@ async fn respond(
                 }
                 continue;
             }
-            if relayer.is_done() && out.len() <= MAX_TAIL {
+            if relayer.is_done() && out.len() <= MAX_TAIL && backlog.is_empty() {
                 // The last of the response: it goes out after the worker is
                 // free again, so the next request reaches the app sooner.
                 if !head_pending {
@@ -874,8 +1004,9 @@ async fn respond(
             head_pending = false;
             started.store(true, Ordering::Relaxed);
             let parts = std::iter::once(head_part).chain(out.parts(input));
-            if !sent(shape, client.write_parts(parts)).await {
+            if !deliver(client, backlog, buffer, shape, parts).await {
                 draining = Some(Instant::now() + drain);
+                backlog.clear();
             }
             continue;
         }
@@ -884,14 +1015,32 @@ async fn respond(
         if head_pending {
             head_pending = false;
             started.store(true, Ordering::Relaxed);
-            if !sent(shape, client.write_all(&[resp_head])).await {
+            let parts = std::iter::once(&resp_head[..]);
+            if !deliver(client, backlog, buffer, shape, parts).await {
                 draining = Some(Instant::now() + drain);
+                backlog.clear();
             }
         }
         buf.clear();
         pos = 0;
         let until = draining.unwrap_or_else(|| Instant::now() + shape.app_idle);
-        let read = match tokio::time::timeout_at(until, upstream.read_into(buf, BODY_CHUNK)).await {
+        let read = upstream.read_into(buf, BODY_CHUNK);
+        let read = if backlog.is_empty() {
+            tokio::time::timeout_at(until, read).await
+        } else {
+            // While the app is quiet, what waits goes on to the client.
+            tokio::select! {
+                read = tokio::time::timeout_at(until, read) => read,
+                writable = client.wait_writable() => {
+                    if writable.is_err() || flush_ready(client, backlog).is_err() {
+                        draining = Some(Instant::now() + drain);
+                        backlog.clear();
+                    }
+                    continue;
+                }
+            }
+        };
+        let read = match read {
             Ok(read) => read,
             Err(_) => {
                 if draining.is_none() {
@@ -908,8 +1057,9 @@ async fn respond(
                 out.clear();
                 match relayer.end(out) {
                     Ok(()) if draining.is_none() => {
-                        if !sent(shape, client.write_parts(out.parts(&[]))).await {
+                        if !deliver(client, backlog, buffer, shape, out.parts(&[])).await {
                             draining = Some(Instant::now());
+                            backlog.clear();
                         }
                     }
                     Ok(()) => {}

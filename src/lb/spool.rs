@@ -26,21 +26,55 @@ pub struct Spools {
     /// The most memory all bodies may hold together.
     total: u64,
     held: Arc<AtomicU64>,
+    /// The most bytes the responses waiting for their clients may hold in
+    /// files together (`lb::backlog`).
+    disk_total: u64,
+    disk_held: Arc<AtomicU64>,
 }
 
 impl Spools {
-    pub fn new(dir: PathBuf, per_request: usize, total: u64) -> Spools {
+    pub fn new(dir: PathBuf, per_request: usize, total: u64, disk_total: u64) -> Spools {
         Spools {
             dir,
             per_request,
             total,
             held: Arc::new(AtomicU64::new(0)),
+            disk_total,
+            disk_held: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Bytes held in memory by all spools now.
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
+    }
+
+    /// The most of one body held in memory.
+    pub fn per_request(&self) -> usize {
+        self.per_request
+    }
+
+    /// Counts `n` more bytes in memory, if the total allows.
+    pub fn try_hold(&self, n: u64) -> bool {
+        try_add(&self.held, n, self.total)
+    }
+
+    pub fn release(&self, n: u64) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` more bytes on disk, if the total allows.
+    pub fn try_hold_disk(&self, n: u64) -> bool {
+        try_add(&self.disk_held, n, self.disk_total)
+    }
+
+    pub fn release_disk(&self, n: u64) {
+        self.disk_held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// A new unnamed temp file.
+    pub fn file(&self) -> io::Result<File> {
+        tempfile::tempfile_in(&self.dir)
     }
 
     /// A new spool for a body of `expected` bytes, if known.
@@ -78,19 +112,17 @@ impl Spool {
         if bytes.is_empty() {
             return Ok(());
         }
-        if self.file.is_none() && self.memory.len() + bytes.len() <= self.spools.per_request {
-            let n = bytes.len() as u64;
-            let before = self.spools.held.fetch_add(n, Ordering::Relaxed);
-            if before + n <= self.spools.total {
-                self.counted += n;
-                self.memory.extend_from_slice(bytes);
-                return Ok(());
-            }
-            self.spools.held.fetch_sub(n, Ordering::Relaxed);
+        if self.file.is_none()
+            && self.memory.len() + bytes.len() <= self.spools.per_request
+            && self.spools.try_hold(bytes.len() as u64)
+        {
+            self.counted += bytes.len() as u64;
+            self.memory.extend_from_slice(bytes);
+            return Ok(());
         }
         let file = match &mut self.file {
             Some(file) => file,
-            None => self.file.insert(tempfile::tempfile_in(&self.spools.dir)?),
+            None => self.file.insert(self.spools.file()?),
         };
         // A write to a new file lands in the page cache: it does not wait
         // for the disk, so it may run on the LB's event loop.
@@ -157,8 +189,17 @@ impl FileReader<'_> {
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        self.spools.held.fetch_sub(self.counted, Ordering::Relaxed);
+        self.spools.release(self.counted);
     }
+}
+
+/// Adds `n` to `counter` if the sum stays within `max`.
+fn try_add(counter: &AtomicU64, n: u64, max: u64) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+            (held + n <= max).then_some(held + n)
+        })
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -178,7 +219,7 @@ mod tests {
     #[test]
     fn a_small_body_stays_in_memory_and_a_large_one_goes_to_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        let spools = Spools::new(dir.path().to_path_buf(), 10, 1 << 20);
+        let spools = Spools::new(dir.path().to_path_buf(), 10, 1 << 20, 1 << 20);
         let mut small = spools.spool(Some(5));
         small.write(b"hello").unwrap();
         assert!(!small.has_file());
@@ -201,7 +242,7 @@ mod tests {
     #[test]
     fn the_total_in_memory_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let spools = Spools::new(dir.path().to_path_buf(), 100, 12);
+        let spools = Spools::new(dir.path().to_path_buf(), 100, 12, 1 << 20);
         let mut a = spools.spool(Some(8));
         let mut b = spools.spool(Some(8));
         a.write(b"12345678").unwrap();
