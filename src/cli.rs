@@ -167,6 +167,10 @@ pub struct Options {
     #[arg(long, env = "RIP_RESPONSE_BUFFERING", value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub response_buffering: bool,
 
+    /// WebSocket tunnels open at once; each holds a worker for its life (default: one fewer than the workers, at least 1)
+    #[arg(long, env = "RIP_MAX_TUNNELS", value_name = "N")]
+    pub max_tunnels: Option<usize>,
+
     /// How long a client may pause while sending a request body
     #[arg(
         long,

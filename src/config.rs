@@ -76,6 +76,8 @@ pub struct Config {
     pub app_idle_timeout: Duration,
     /// The longest a write to a client may wait.
     pub send_timeout: Duration,
+    /// WebSocket tunnels open at once (`None`: one fewer than the workers).
+    pub max_tunnels: Option<usize>,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     /// Forward request header names with underscores.
@@ -213,6 +215,7 @@ impl Config {
             body_timeout: Duration::from_millis(options.body_timeout_ms),
             app_idle_timeout: Duration::from_millis(options.app_idle_timeout_ms),
             send_timeout: Duration::from_millis(options.send_timeout_ms),
+            max_tunnels: options.max_tunnels,
             header_timeout: Duration::from_millis(options.header_timeout_ms),
             idle_timeout: Duration::from_millis(options.idle_timeout_ms),
             underscore_headers: options.allow_underscore_headers,
@@ -264,6 +267,9 @@ impl Config {
             format!("--socket-dir={}", self.paths.dir().display()),
             format!("--runtime={}", self.app.runtime_arg()),
         ];
+        if let Some(n) = self.max_tunnels {
+            args.push(format!("--max-tunnels={n}"));
+        }
         if self.underscore_headers {
             args.push("--allow-underscore-headers".into());
         }

@@ -70,6 +70,9 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue`: the LB answers it when the body is wanted.
     pub expect_continue: bool,
+    /// A WebSocket handshake (`Connection: upgrade`, `Upgrade: websocket`):
+    /// forwarded with both, and a `101` turns the exchange into a tunnel.
+    pub websocket: bool,
 }
 
 impl RequestHead {
@@ -100,6 +103,8 @@ enum Field {
     ContentType,
     WorkerBusy,
     WorkerRecycle,
+    /// Hop-by-hop, but read: a WebSocket handshake passes it on.
+    Upgrade,
     /// `X-Accel-Buffering` (nginx's name): `no` asks that the response
     /// flow as it is produced. Not forwarded.
     AccelBuffering,
@@ -114,7 +119,8 @@ fn field(name: &str) -> Field {
         4 if eq("date") => Field::Date,
         2 if eq("te") => Field::Dropped,
         6 if eq("expect") => Field::Expect,
-        7 if eq("upgrade") || eq("trailer") => Field::Dropped,
+        7 if eq("upgrade") => Field::Upgrade,
+        7 if eq("trailer") => Field::Dropped,
         10 if eq("connection") || eq("keep-alive") => {
             if eq("connection") {
                 Field::Connection
@@ -382,6 +388,7 @@ pub fn parse_request(
     let mut hosts = 0;
     let mut expect_continue = false;
     let mut forwarded_for: Option<&[u8]> = None;
+    let mut upgrade: Option<&[u8]> = None;
     for f in request.headers.iter() {
         match field(f.name) {
             Field::Connection => connection.push(f.value),
@@ -409,6 +416,7 @@ pub fn parse_request(
                     !http10 && f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
             }
             Field::ForwardedFor => forwarded_for = Some(f.value),
+            Field::Upgrade => upgrade = Some(f.value),
             _ => {}
         }
     }
@@ -417,6 +425,12 @@ pub fn parse_request(
             "both Content-Length and Transfer-Encoding",
         ));
     }
+    // RFC 6455 §4.1: a GET over HTTP/1.1 that asks for `websocket` (and no
+    // other protocol: the LB tunnels nothing else).
+    let websocket = !http10
+        && method == Method::GET
+        && listed(&connection, "upgrade")
+        && upgrade.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"));
     if chunked && http10 {
         return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"));
     }
@@ -478,6 +492,9 @@ pub fn parse_request(
         }
         _ => {}
     }
+    if websocket {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+    }
     match body {
         Framing::Length(n) => put_number(out, b"content-length", n),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -508,6 +525,7 @@ pub fn parse_request(
         body,
         keep_alive,
         expect_continue,
+        websocket,
     }))
 }
 
@@ -584,6 +602,56 @@ pub enum Relay {
     Dechunk,
     /// A close-delimited body, as it is, to an HTTP/1.0 client.
     UntilClose,
+}
+
+/// For a WebSocket handshake: if `buf` starts with a complete `101` head
+/// from the app, writes the head the client gets to `out` (cleared first;
+/// hop-by-hop fields but `Upgrade` dropped, the LB's `Date`) and returns
+/// its length. `Ok(None)`: not a complete `101` (read on, or parse it as
+/// any other response).
+pub fn parse_switch(
+    buf: &[u8],
+    date: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Option<usize>, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if response.code == Some(101) => len,
+        Ok(_) => return Ok(None),
+        Err(_) => return Err("malformed response head"),
+    };
+    let mut upgrade = None;
+    let mut connection: Vec<&[u8]> = Vec::new();
+    for f in response.headers.iter() {
+        match field(f.name) {
+            Field::Upgrade => upgrade = Some(f.value),
+            Field::Connection => connection.push(f.value),
+            _ => {}
+        }
+    }
+    if !upgrade.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        || !listed(&connection, "upgrade")
+    {
+        return Err("the app switched to a protocol other than websocket");
+    }
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(response.reason.unwrap_or("Switching Protocols").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for f in response.headers.iter() {
+        let kept = match field(f.name) {
+            Field::Kept | Field::ContentType => !listed(&connection, f.name),
+            _ => false,
+        };
+        if kept {
+            put_header(out, f.name.as_bytes(), f.value);
+        }
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+    Ok(Some(len))
 }
 
 /// Parses a worker's response head at the start of `buf` and writes the
@@ -1302,6 +1370,53 @@ mod tests {
         assert!(ok("GET / HTTP/1.1\r\nHost: a%41\r\n\r\n")
             .1
             .contains("Host: a%41\r\n"));
+    }
+
+    #[test]
+    fn a_websocket_handshake_passes_its_upgrade_on() {
+        let raw = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let (head, out) = ok(raw);
+        assert!(head.websocket);
+        assert!(
+            out.contains("connection: upgrade\r\nupgrade: websocket\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+            "{out}"
+        );
+        // Any other protocol, or no Connection: upgrade, is a plain request.
+        for other in [
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            let (head, out) = ok(other);
+            assert!(!head.websocket, "{other:?}");
+            assert!(!out.to_ascii_lowercase().contains("upgrade"), "{out}");
+        }
+        let mut out = Vec::new();
+        let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nDate: old\r\n\r\nframes";
+        let len = parse_switch(switch, b"D", &mut out)
+            .expect("valid")
+            .expect("a 101");
+        assert_eq!(&switch[len..], b"frames");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\ndate: D\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            parse_switch(b"HTTP/1.1 200 OK\r\n\r\n", b"D", &mut out),
+            Ok(None)
+        );
+        assert!(parse_switch(
+            b"HTTP/1.1 101 S\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+            b"D",
+            &mut out
+        )
+        .is_err());
     }
 
     #[test]

@@ -158,6 +158,11 @@ async fn serve(
             body_timeout: config.body_timeout,
             app_idle_timeout: config.app_idle_timeout,
             send_timeout: config.send_timeout,
+            tunnels: proxy::Tunnels::new(
+                config
+                    .max_tunnels
+                    .unwrap_or_else(|| config.workers.saturating_sub(1).max(1)),
+            ),
         },
         timeouts: client::Timeouts {
             idle: config.idle_timeout,

@@ -70,6 +70,44 @@ pub struct Proxy {
     pub app_idle_timeout: Duration,
     /// The longest a write to a client may wait.
     pub send_timeout: Duration,
+    /// WebSocket tunnels open, against their cap.
+    pub tunnels: Tunnels,
+}
+
+/// Counts WebSocket tunnels: each holds a worker for its whole life, so
+/// there may be at most `max` (by default one fewer than the workers, so
+/// that plain requests always have one).
+#[derive(Debug, Default)]
+pub struct Tunnels {
+    open: std::sync::atomic::AtomicUsize,
+    pub max: usize,
+}
+
+/// One tunnel's place, given back when dropped.
+struct TunnelSlot<'a>(&'a Tunnels);
+
+impl Tunnels {
+    pub fn new(max: usize) -> Tunnels {
+        Tunnels {
+            open: Default::default(),
+            max,
+        }
+    }
+
+    fn reserve(&self) -> Option<TunnelSlot<'_>> {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| TunnelSlot(self))
+    }
+}
+
+impl Drop for TunnelSlot<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One client connection's state, kept between its requests.
@@ -198,6 +236,9 @@ enum Answer {
     Timeout,
     /// The response went (or went as far as it could) to the client.
     Relayed(Relayed),
+    /// The app switched to WebSocket: its `101` head (of this many bytes
+    /// of the worker's buffer) is in the client's `resp_head`.
+    Tunnel(usize),
 }
 
 struct Relayed {
@@ -256,6 +297,20 @@ impl Proxy {
                 }
             }
         }
+        let _tunnel = if head.websocket {
+            match self.tunnels.reserve() {
+                Some(slot) => Some(slot),
+                None => {
+                    let own = Own {
+                        retry_after: true,
+                        ..Own::text(503, "Service Unavailable", "Server busy", true)
+                    };
+                    return client.reply(&self.log, head, own, true, received).await;
+                }
+            }
+        } else {
+            None
+        };
         // Whether the connection holds a body not yet read (then it cannot
         // go on after an answer of the LB's own).
         let has_body = !body.is_done();
@@ -417,6 +472,7 @@ impl Proxy {
                 app_idle: self.app_idle_timeout,
                 send_timeout: self.send_timeout,
                 buffering: self.response_buffering,
+                websocket: head.websocket,
             },
             &head_deadline,
             self.read_timeout,
@@ -495,6 +551,48 @@ impl Proxy {
                     ..Own::text(503, "Service Unavailable", "Server busy", true)
                 })
             }
+            Answer::Tunnel(len) => {
+                // The head goes to the client with whatever of the stream
+                // came along, and what the client sent past its request to
+                // the app; then bytes flow both ways until either side
+                // closes. The worker is busy all along: its app holds the
+                // connection.
+                let started = Instant::now();
+                let Upstream {
+                    socket: upstream_socket,
+                    buf: upstream_buf,
+                    body_buf,
+                    ..
+                } = &mut upstream;
+                let early = upstream_buf.split_off(len);
+                upstream_buf.clear();
+                let sent = client
+                    .socket
+                    .write_all(&[&client.resp_head, &early])
+                    .await
+                    .is_ok()
+                    && upstream_socket.write_all(&[&client.buf]).await.is_ok();
+                client.buf.clear();
+                let mut bytes = early.len() as u64;
+                if sent {
+                    bytes += tunnel(&client.socket, upstream_socket, body_buf, upstream_buf).await;
+                }
+                upstream_buf.clear();
+                body_buf.clear();
+                // The app has seen the connection close: it is free (the
+                // connection itself is not reused).
+                lease.release(None);
+                self.log.log(&Entry {
+                    method: &head.method,
+                    path: &client.path,
+                    status: 101,
+                    content_type: None,
+                    length: bytes,
+                    total: received.elapsed(),
+                    worker: started.elapsed(),
+                });
+                Attempt::Done(Next::Close)
+            }
             Answer::Timeout => {
                 drop(lease); // abandoned: retired
                 Attempt::Answer(Own::text(
@@ -551,6 +649,7 @@ impl Proxy {
                         app_idle: self.app_idle_timeout,
                         send_timeout: self.send_timeout,
                         buffering: true,
+                        websocket: false,
                     };
                     client_ok = flush(&client.socket, &mut client.backlog, shape).await;
                 }
@@ -705,6 +804,42 @@ async fn send_held(
             }
         }
     }
+}
+
+/// Copies bytes both ways between a client and an app until either side
+/// closes; returns the bytes that went from the app to the client.
+async fn tunnel(client: &Socket, upstream: &Socket, up: &mut Vec<u8>, down: &mut Vec<u8>) -> u64 {
+    let mut bytes = 0u64;
+    let to_app = async {
+        loop {
+            up.clear();
+            match client.read_into(up, BODY_CHUNK).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if upstream.write_all(&[up]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let to_client = async {
+        loop {
+            down.clear();
+            match upstream.read_into(down, BODY_CHUNK).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => bytes += n as u64,
+            }
+            if client.write_all(&[down]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = to_app => {}
+        _ = to_client => {}
+    }
+    upstream.shutdown_write();
+    bytes
 }
 
 /// Out of descriptors or buffers: the LB's shortage, not the worker's.
@@ -886,6 +1021,8 @@ struct Shape {
     send_timeout: Duration,
     /// What a slow client cannot take at once may wait in its backlog.
     buffering: bool,
+    /// A WebSocket handshake: a `101` opens a tunnel.
+    websocket: bool,
 }
 
 /// Reads the worker's response head (until `deadline`) and relays the
@@ -909,6 +1046,13 @@ async fn respond(
     let since = Instant::now();
     buf.clear();
     let (head, relay, close) = loop {
+        if shape.websocket {
+            match http1::parse_switch(buf, date.now(), resp_head) {
+                Ok(Some(len)) => return Answer::Tunnel(len),
+                Ok(None) => {}
+                Err(why) => return Answer::Lost(why.to_string()),
+            }
+        }
         let parsed = http1::parse_response(
             buf,
             shape.head_request,
