@@ -97,3 +97,25 @@ fn tunnels_are_capped_so_plain_requests_keep_a_worker() {
     let said = client(HOLD_TWO, server.port);
     assert_eq!(said, "echo: one\nsecond opened");
 }
+
+const ONE: &str = r#"
+import asyncio, sys
+from websockets.asyncio.client import connect
+async def main():
+    async with connect(f"ws://127.0.0.1:{sys.argv[1]}/ws") as ws:
+        await ws.send("hello")
+        print(await ws.recv())
+asyncio.run(main())
+"#;
+
+/// Bun's own convention works through the loader: `server.upgrade(req)` in
+/// `fetch`, handlers in `websocket`.
+#[test]
+fn a_websocket_reaches_a_bun_module_app() {
+    runtime("bun");
+    let app = repo().join("tests/apps/ws-bun").display().to_string();
+    let server = Server::start(&[&app, "w:2", "--hot-reload=none"]);
+    server.wait_workers(2);
+    assert_eq!(client(ONE, server.port), "bun: hello");
+    assert_eq!(server.get("/ping").text(), "pong");
+}

@@ -55,6 +55,9 @@ const entrySpec = isBun ? entry : pathToFileURL(entry).href;
 // Handler loading and module hot reload
 
 let invoke = null; // (req, server?) => Response | Promise<Response>
+// Bun's WebSocket handlers of the entry's default export
+// (`export default { fetch(req, server) { server.upgrade(req) }, websocket: { message(ws, m) {} } }`).
+let websocket = null;
 let generation = 0; // cache-busting counter for re-imports
 let reloads = 0; // successful reloads
 let recycle = false; // reloads > maxReloads
@@ -77,6 +80,14 @@ function handlerOf(mod) {
   );
   err.badExport = true;
   throw err;
+}
+
+// The default export's `websocket` handlers, if it has them.
+function websocketOf(mod) {
+  const d = mod ? mod.default : undefined;
+  return d !== null && typeof d === "object" && d.websocket !== null && typeof d.websocket === "object"
+    ? d.websocket
+    : null;
 }
 
 // A bad default export is reported by its message alone (its stack is ours).
@@ -109,13 +120,16 @@ function maybeReload() {
 async function reload() {
   generation++;
   let next;
+  let mod;
   try {
-    next = handlerOf(await import(`${entrySpec}?v=${generation}`));
+    mod = await import(`${entrySpec}?v=${generation}`);
+    next = handlerOf(mod);
   } catch (err) {
     console.error(`${tag}: reload of ${entry} failed; keeping the last good handler\n`, why(err));
     return;
   }
   invoke = next;
+  websocket = websocketOf(mod) ?? websocket;
   reloads++;
   if (reloads > maxReloads) recycle = true;
 }
@@ -159,6 +173,7 @@ async function initialLoad() {
   } catch (err) {
     fail(err.message);
   }
+  websocket = websocketOf(mod);
 }
 
 if (isBun) await startBun();
@@ -176,6 +191,8 @@ async function startBun() {
   };
 
   const finish = (r) => {
+    // A handler that upgraded the request to a WebSocket returns nothing.
+    if (r === undefined && websocket !== null) return undefined;
     if (!isResponse(r)) {
       logHandlerError(notAResponse(r));
       return serverError();
@@ -259,6 +276,15 @@ async function startBun() {
       unix: socketPath,
       fetch,
       idleTimeout: 0, // the LB keeps one connection open indefinitely
+      // Delegates to the entry's handlers (looked up on each event, so a
+      // reload that brings new ones is followed).
+      websocket: {
+        idleTimeout: 0,
+        open: (ws) => websocket?.open?.(ws),
+        message: (ws, message) => websocket?.message?.(ws, message),
+        close: (ws, code, reason) => websocket?.close?.(ws, code, reason),
+        drain: (ws) => websocket?.drain?.(ws),
+      },
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
       development: false,
       error(err) {
