@@ -587,7 +587,11 @@ fn controlled_when_dashed(name: &str) -> bool {
 }
 
 /// The LB's documented rewrites of a request's fields, by name.
-const NORMALIZATIONS: [(&str, &str); 9] = [
+const NORMALIZATIONS: [(&str, &str); 10] = [
+    (
+        "websocket",
+        "a WebSocket handshake (GET, HTTP/1.1, Connection listing upgrade, Upgrade: websocket) is forwarded with `connection: upgrade` and `upgrade: websocket` of the LB's own",
+    ),
     (
         "hop-by-hop",
         "hop-by-hop fields (Connection, Keep-Alive, TE, Upgrade, Trailer, Proxy-Connection) and Expect are not forwarded",
@@ -725,6 +729,20 @@ fn same_meaning(
             Some(why) => bump(normalized, why),
             None => expected.push((name.clone(), value.clone())),
         }
+    }
+    let websocket = hy.method == "GET"
+        && !hy.http10
+        && connection.iter().any(|t| t == "upgrade")
+        && hy
+            .headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n == "upgrade")
+            .is_some_and(|(_, v)| v.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    if websocket {
+        expected.push(("connection".to_string(), b"upgrade".to_vec()));
+        expected.push(("upgrade".to_string(), b"websocket".to_vec()));
+        bump(normalized, "websocket");
     }
     if let Some(authority) = &hy.authority {
         expected.push(("host".to_string(), authority.as_bytes().to_vec()));
