@@ -77,6 +77,16 @@ impl Output {
         }
     }
 
+    /// Passes on the data at the start of `input` of a body with
+    /// `remaining` bytes to come (counted down); how many were taken.
+    fn pass(&mut self, input: &[u8], remaining: &mut u64) -> usize {
+        let n = (*remaining).min(input.len() as u64) as usize;
+        self.data += n as u64;
+        self.input(0..n);
+        *remaining -= n as u64;
+        n
+    }
+
     /// One chunk of `range` of `input`, in canonical chunked form.
     fn chunk(&mut self, input: &[u8], range: Range<usize>) {
         if range.is_empty() {
@@ -230,10 +240,7 @@ impl RequestBody {
                 Ok(n)
             }
             None => {
-                let n = self.remaining.min(input.len() as u64) as usize;
-                out.data += n as u64;
-                out.input(0..n);
-                self.remaining -= n as u64;
+                let n = out.pass(input, &mut self.remaining);
                 self.done = self.remaining == 0;
                 Ok(n)
             }
@@ -292,10 +299,7 @@ impl Relayer {
                 Ok(n)
             }
             Relay::Pass(_) => {
-                let n = self.remaining.min(input.len() as u64) as usize;
-                out.data += n as u64;
-                out.input(0..n);
-                self.remaining -= n as u64;
+                let n = out.pass(input, &mut self.remaining);
                 self.done = self.remaining == 0;
                 Ok(n)
             }

@@ -639,9 +639,27 @@ pub fn parse_switch(
     out.extend_from_slice(b"HTTP/1.1 101 ");
     out.extend_from_slice(response.reason.unwrap_or("Switching Protocols").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for f in response.headers.iter() {
+    put_response_fields(out, response.headers, &connection, date);
+    out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+    Ok(Some(len))
+}
+
+/// Writes the fields of an app's response head that go on to the client
+/// (hop-by-hop, internal and `Connection`-named ones dropped, framing and
+/// `Date` the LB's own), then the LB's `Date`.
+fn put_response_fields(
+    out: &mut Vec<u8>,
+    headers: &[httparse::Header<'_>],
+    connection: &[&[u8]],
+    date: &[u8],
+) {
+    for f in headers {
         let kept = match field(f.name) {
-            Field::Kept | Field::ContentType => !listed(&connection, f.name),
+            Field::Kept
+            | Field::Host
+            | Field::Expect
+            | Field::ForwardedFor
+            | Field::ContentType => !listed(connection, f.name),
             _ => false,
         };
         if kept {
@@ -650,8 +668,7 @@ pub fn parse_switch(
     }
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
-    Ok(Some(len))
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Parses a worker's response head at the start of `buf` and writes the
@@ -772,22 +789,7 @@ pub fn parse_response(
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for f in response.headers.iter() {
-        let kept = match field(f.name) {
-            Field::Kept
-            | Field::Host
-            | Field::Expect
-            | Field::ForwardedFor
-            | Field::ContentType => !listed(&connection, f.name),
-            _ => false,
-        };
-        if kept {
-            put_header(out, f.name.as_bytes(), f.value);
-        }
-    }
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\n");
+    put_response_fields(out, response.headers, &connection, date);
     match (relay, length) {
         // The length stands (as one value) unless the body is re-framed.
         (Relay::Pass(Framing::Length(_)) | Relay::None, Some(n)) => {

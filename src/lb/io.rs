@@ -115,17 +115,7 @@ impl Socket {
     {
         loop {
             let mut storage = [IoSlice::new(&[]); MAX_PARTS];
-            let mut count = 0;
-            while count < MAX_PARTS {
-                match parts.next() {
-                    Some([]) => {}
-                    Some(part) => {
-                        storage[count] = IoSlice::new(part);
-                        count += 1;
-                    }
-                    None => break,
-                }
-            }
+            let count = gather(&mut parts, &mut storage);
             if count == 0 {
                 break;
             }
@@ -152,17 +142,7 @@ impl Socket {
         I: Iterator<Item = &'a [u8]>,
     {
         let mut storage = [IoSlice::new(&[]); MAX_PARTS];
-        let mut count = 0;
-        while count < MAX_PARTS {
-            match parts.next() {
-                Some([]) => {}
-                Some(part) => {
-                    storage[count] = IoSlice::new(part);
-                    count += 1;
-                }
-                None => break,
-            }
-        }
+        let count = gather(&mut parts, &mut storage);
         if count == 0 {
             return Ok(0);
         }
@@ -279,6 +259,25 @@ impl Socket {
     pub fn shutdown_write(&self) {
         let _ = socket::shutdown(self.fd.get_ref().as_raw_fd(), socket::Shutdown::Write);
     }
+}
+
+/// Fills `storage` with the next non-empty pieces of `parts`; how many.
+fn gather<'a>(
+    parts: &mut impl Iterator<Item = &'a [u8]>,
+    storage: &mut [IoSlice<'a>; MAX_PARTS],
+) -> usize {
+    let mut count = 0;
+    while count < MAX_PARTS {
+        match parts.next() {
+            Some([]) => {}
+            Some(part) => {
+                storage[count] = IoSlice::new(part);
+                count += 1;
+            }
+            None => break,
+        }
+    }
+    count
 }
 
 /// Polls a future once, without a real waker: `Some` if it was ready.
