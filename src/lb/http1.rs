@@ -19,10 +19,18 @@ use std::time::SystemTime;
 
 use hyper::Method;
 
-/// The largest request head accepted (`431` beyond).
+/// The largest head the LB sends or reads back (hyper's and most servers'
+/// order of magnitude).
 pub const MAX_HEAD: usize = 32 * 1024;
-/// The most header fields in a head (`431` beyond).
+/// The most header fields in a head the LB sends (hyper's default).
 pub const MAX_HEADERS: usize = 100;
+/// The largest head accepted from a client or an app (`431` or `502`
+/// beyond): room is left for the fields the LB adds (`Host`,
+/// `X-Forwarded-For`, framing, `Date`, `Connection`), so that what it sends
+/// on stays within [`MAX_HEAD`] and [`MAX_HEADERS`].
+pub const MAX_HEAD_IN: usize = MAX_HEAD - 512;
+/// The most header fields accepted from a client or an app.
+pub const MAX_FIELDS_IN: usize = MAX_HEADERS - 4;
 
 /// Why a request head is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +144,7 @@ fn field(name: &str) -> Field {
         17 if eq("transfer-encoding") => Field::TransferEncoding,
         17 if eq("x-accel-buffering") => Field::AccelBuffering,
         18 if eq("rip-worker-recycle") => Field::WorkerRecycle,
-        n if n > 11 && name[..11].eq_ignore_ascii_case("rip-worker-") => Field::Dropped,
+        n if n >= 11 && name[..11].eq_ignore_ascii_case("rip-worker-") => Field::Dropped,
         _ => Field::Kept,
     }
 }
@@ -322,7 +330,7 @@ fn controlled_when_dashed(name: &str) -> bool {
         }) == t
     };
     let prefixed = |prefix: &str| {
-        name.len() > prefix.len() && name.bytes().zip(prefix.bytes()).all(|(b, t)| same(b, t))
+        name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(b, t)| same(b, t))
     };
     CONTROLLED
         .iter()
@@ -359,12 +367,14 @@ pub fn parse_request(
     let mut request = httparse::Request::new(&mut fields);
     let len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_IN => {
+            return Err(HeadError::TooLarge)
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Malformed("malformed request head")),
     };
-    if len > MAX_HEAD {
+    if len > MAX_HEAD_IN || request.headers.len() > MAX_FIELDS_IN {
         return Err(HeadError::TooLarge);
     }
     if bare_line_end(&buf[..len]) {
@@ -689,12 +699,16 @@ pub fn parse_response(
     let mut response = httparse::Response::new(&mut fields);
     let len = match response.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_IN => {
             return Err("response head too large")
         }
         Ok(httparse::Status::Partial) => return Ok((Parsed::Incomplete, Relay::None, close)),
+        Err(httparse::Error::TooManyHeaders) => return Err("response head too large"),
         Err(_) => return Err("malformed response head"),
     };
+    if len > MAX_HEAD_IN || response.headers.len() > MAX_FIELDS_IN {
+        return Err("response head too large");
+    }
     let status = response.code.unwrap_or(0);
     if !(100..=599).contains(&status) {
         return Err("status code out of range");
@@ -1419,6 +1433,49 @@ mod tests {
             &mut out
         )
         .is_err());
+    }
+
+    /// Found by the fuzz targets: a field named exactly an internal prefix
+    /// passed; a head near the limits came out over them once the LB had
+    /// added its own fields.
+    #[test]
+    fn internal_prefixes_and_head_limits_hold_at_their_edges() {
+        let (_, out) = ok("GET / HTTP/1.1\r\nHost: a\r\nRip-Worker-: 1\r\n\r\n");
+        assert!(!out.to_ascii_lowercase().contains("rip-worker"), "{out}");
+        let keep = Context {
+            underscores: true,
+            ..CONTEXT
+        };
+        let (_, out) = request_in(
+            "GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_: 1\r\nRip_Worker_: 1\r\n\r\n",
+            &keep,
+        )
+        .expect("valid")
+        .expect("complete");
+        assert!(!out.contains('_'), "{out}");
+        let many: String = (0..MAX_FIELDS_IN).map(|_| "a: b\r\n").collect();
+        let (_, out) = ok(&format!("GET / HTTP/1.0\r\n{many}\r\n"));
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut forwarded = httparse::Request::new(&mut fields);
+        assert!(forwarded
+            .parse(out.as_bytes())
+            .expect("parses")
+            .is_complete());
+        let too_many: String = (0..=MAX_FIELDS_IN).map(|_| "a: b\r\n").collect();
+        assert_eq!(
+            request(&format!("GET / HTTP/1.1\r\nHost: a\r\n{too_many}\r\n")),
+            Err(HeadError::TooLarge)
+        );
+        // A response head over the limit is refused however it arrives.
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
+            "a".repeat(MAX_HEAD_IN)
+        );
+        assert_eq!(response_error(&big), Some("response head too large"));
+        assert_eq!(
+            response_error(&big[..MAX_HEAD_IN + 10]),
+            Some("response head too large")
+        );
     }
 
     #[test]
