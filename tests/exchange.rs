@@ -334,3 +334,24 @@ fn a_slow_reader_does_not_hold_a_worker() {
         server.output()
     );
 }
+
+/// Past --buffer-disk the relay goes at the client's pace (the worker is
+/// held again), says so, and still delivers every byte.
+#[test]
+fn past_the_buffer_bound_a_response_goes_at_the_clients_pace() {
+    let server = Server::start(&[&probe(), "w:1", "--buffer-disk=1M"]);
+    server.wait_workers(1);
+    let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    slow.write_all(b"GET /big?n=8000000 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    server.wait_output("the buffers for slow clients are full");
+    // The app cannot finish while the client does not read.
+    assert_eq!(server.status().unwrap()["busy"], 1);
+    let mut all = Vec::new();
+    slow.read_to_end(&mut all).unwrap();
+    let body_at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(all.len() - body_at, 8_000_000);
+    server.wait_output("big done");
+}

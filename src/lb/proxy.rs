@@ -924,6 +924,7 @@ where
         match backlog.push(&part[at..]) {
             Ok(true) => {}
             Ok(false) => {
+                warn_full_buffers();
                 rest = Some((i, at));
                 break;
             }
@@ -947,6 +948,27 @@ where
         .map(|(j, part)| if j == i { &part[at..] } else { part })
         .collect();
     sent(shape, client.write_parts(rest.into_iter())).await
+}
+
+/// Says (at most every 10 s) that responses go at their clients' pace
+/// because the buffers for slow clients are full: workers are then held
+/// by slow readers again.
+fn warn_full_buffers() {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        warn!(
+            "the buffers for slow clients are full (--buffer-memory, --buffer-disk): \
+             responses go at their clients' pace and hold their workers"
+        );
+    }
 }
 
 /// Sends what the client takes of the backlog now, without waiting.
