@@ -180,6 +180,10 @@ pub struct Options {
     )]
     pub body_timeout_ms: u64,
 
+    /// The least a request body must average once it has taken longer than the body timeout (bytes a second, K/M suffixes; 0: none), else `408`
+    #[arg(long, env = "RIP_MIN_BODY_RATE", value_name = "BYTES", default_value = "500", value_parser = parse_size)]
+    pub min_body_rate: u64,
+
     /// How long an app may pause in the middle of a response body before the response is cut short
     #[arg(
         long,

@@ -72,6 +72,8 @@ pub struct Config {
     pub response_buffering: bool,
     /// The longest pause in a request body.
     pub body_timeout: Duration,
+    /// The least a request body must average past the body timeout.
+    pub min_body_rate: u64,
     /// The longest pause in an app's response body.
     pub app_idle_timeout: Duration,
     /// The longest a write to a client may wait.
@@ -213,6 +215,7 @@ impl Config {
             buffer_disk: options.buffer_disk,
             response_buffering: options.response_buffering,
             body_timeout: Duration::from_millis(options.body_timeout_ms),
+            min_body_rate: options.min_body_rate,
             app_idle_timeout: Duration::from_millis(options.app_idle_timeout_ms),
             send_timeout: Duration::from_millis(options.send_timeout_ms),
             max_tunnels: options.max_tunnels,
@@ -257,6 +260,7 @@ impl Config {
                 if self.response_buffering { "on" } else { "off" }
             ),
             format!("--body-timeout-ms={}", ms(self.body_timeout)),
+            format!("--min-body-rate={}", self.min_body_rate),
             format!("--app-idle-timeout-ms={}", ms(self.app_idle_timeout)),
             format!("--send-timeout-ms={}", ms(self.send_timeout)),
             format!("--header-timeout-ms={}", ms(self.header_timeout)),

@@ -355,3 +355,44 @@ fn past_the_buffer_bound_a_response_goes_at_the_clients_pace() {
     assert_eq!(all.len() - body_at, 8_000_000);
     server.wait_output("big done");
 }
+
+/// A trickle that never pauses long enough for the body timeout must still
+/// average `--min-body-rate` once the body has taken longer than it.
+#[test]
+fn a_trickled_body_below_the_minimum_rate_gets_408() {
+    let server = Server::start(&[
+        &probe(),
+        "w:1",
+        "--body-timeout-ms=400",
+        "--min-body-rate=1K",
+    ]);
+    server.wait_workers(1);
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    // A byte every 100 ms: 10 B/s, never a pause of 400 ms.
+    for _ in 0..100 {
+        if stream.write_all(b"x").is_err() {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if !answer.is_empty() {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(server.get("/count").text(), "1", "the app saw the trickle");
+}

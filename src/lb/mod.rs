@@ -156,6 +156,7 @@ async fn serve(
             request_buffering: config.request_buffering,
             response_buffering: config.response_buffering,
             body_timeout: config.body_timeout,
+            min_body_rate: config.min_body_rate,
             app_idle_timeout: config.app_idle_timeout,
             send_timeout: config.send_timeout,
             tunnels: proxy::Tunnels::new(

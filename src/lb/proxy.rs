@@ -66,6 +66,9 @@ pub struct Proxy {
     pub response_buffering: bool,
     /// The longest pause in a request body being held.
     pub body_timeout: Duration,
+    /// The least a held body must average (bytes a second) once it has
+    /// taken longer than `body_timeout`; 0: no minimum.
+    pub min_body_rate: u64,
     /// The longest pause in an app's response body.
     pub app_idle_timeout: Duration,
     /// The longest a write to a client may wait.
@@ -732,6 +735,8 @@ impl Proxy {
         body: &mut RequestBody,
         spools: &Spools,
     ) -> Result<Spool, Hold> {
+        let started = Instant::now();
+        let mut received = client.buf.len() as u64;
         let mut spool = spools.spool(match head.body {
             Framing::Length(n) => Some(n),
             _ => None,
@@ -767,18 +772,22 @@ impl Proxy {
                     return Ok(spool);
                 }
             }
+            let timed_out =
+                || Hold::Refused(Own::text(408, "Request Timeout", "Request Timeout", true));
             let read = client.socket.read_into(&mut client.buf, HOLD_CHUNK);
             match tokio::time::timeout(self.body_timeout, read).await {
-                Err(_) => {
-                    return Err(Hold::Refused(Own::text(
-                        408,
-                        "Request Timeout",
-                        "Request Timeout",
-                        true,
-                    )))
-                }
+                Err(_) => return Err(timed_out()),
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(Hold::ClientGone),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => received += n as u64,
+            }
+            // Past the first body timeout, a trickle that keeps within the
+            // pause limit must still average the minimum rate.
+            let elapsed = started.elapsed();
+            if self.min_body_rate > 0
+                && elapsed > self.body_timeout
+                && (received as f64) < self.min_body_rate as f64 * elapsed.as_secs_f64()
+            {
+                return Err(timed_out());
             }
         }
     }
