@@ -805,6 +805,9 @@ pub fn parse_response(
     out.extend_from_slice(b"\r\n");
     put_response_fields(out, response.headers, &connection, date);
     match (relay, length) {
+        // A 204 has no framing at all (RFC 9110 §8.6, §6.1): a client that
+        // took a length on it would read the next response as its body.
+        _ if status == 204 => {}
         // The length stands (as one value) unless the body is re-framed.
         (Relay::Pass(Framing::Length(_)) | Relay::None, Some(n)) => {
             put_number(out, b"content-length", n)
@@ -1519,6 +1522,32 @@ mod tests {
         );
         assert_eq!(final_head(parsed).body, Framing::Length(5));
         assert_eq!(out.matches("content-length").count(), 1, "{out}");
+    }
+
+    /// Found by the fuzz helper: a 204 went out with the app's length.
+    #[test]
+    fn a_204_goes_out_without_framing() {
+        for raw in [
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            let (_, relay, _, out) = response(raw, false, false, false);
+            assert_eq!(relay, Relay::None);
+            let lower = out.to_ascii_lowercase();
+            assert!(
+                !lower.contains("content-length") && !lower.contains("transfer-encoding"),
+                "{out}"
+            );
+        }
+        // A 304 keeps the length of what it stands for.
+        let (_, _, _, out) = response(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+            false,
+        );
+        assert!(out.contains("content-length: 9\r\n"), "{out}");
     }
 
     /// Issue 10, hole 2: after a HEAD, 204 or 304 the app may go on writing

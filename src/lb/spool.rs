@@ -86,7 +86,8 @@ impl Spools {
             .map_or(0, |n| n as usize);
         Spool {
             spools: self.clone(),
-            memory: Vec::with_capacity(room),
+            memory: Vec::new(),
+            room,
             counted: 0,
             file: None,
             file_len: 0,
@@ -99,6 +100,9 @@ impl Spools {
 pub struct Spool {
     spools: Spools,
     memory: Vec<u8>,
+    /// What `memory` is given at its first byte (the whole body, when it
+    /// is known and small): allocated only once memory has been granted.
+    room: usize,
     /// Bytes of `memory` counted against the shared total.
     counted: u64,
     file: Option<File>,
@@ -117,6 +121,9 @@ impl Spool {
             && self.spools.try_hold(bytes.len() as u64)
         {
             self.counted += bytes.len() as u64;
+            if self.memory.capacity() == 0 {
+                self.memory.reserve_exact(self.room.max(bytes.len()));
+            }
             self.memory.extend_from_slice(bytes);
             return Ok(());
         }
