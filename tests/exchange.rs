@@ -13,6 +13,17 @@ use std::time::Duration;
 
 use support::*;
 
+/// The temp files a process holds open that have no name (`O_TMPFILE`,
+/// or unlinked).
+fn unnamed_files(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.contains("(deleted)"))
+        .collect()
+}
+
 /// Sends `bytes`, shuts the write side, and reads until the server closes.
 fn half_closed(port: u16, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -213,12 +224,7 @@ fn a_large_body_is_held_in_a_file_that_leaves_nothing_behind() {
         .filter(|n| !n.ends_with(".sock") && !n.ends_with(".pid") && !n.ends_with(".mjs"))
         .collect();
     assert!(names.is_empty(), "left in the socket dir: {names:?}");
-    let open: Vec<String> = std::fs::read_dir(format!("/proc/{lb}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .map(|p| p.display().to_string())
-        .filter(|p| p.contains("tmpfile") || p.contains("(deleted)"))
-        .collect();
+    let open = unnamed_files(lb);
     assert!(open.is_empty(), "the LB still holds {open:?}");
 }
 
@@ -296,11 +302,7 @@ fn a_slow_reader_does_not_hold_a_worker() {
     assert_eq!(server.status().unwrap()["busy"], 0);
     // What waits is in a file that has no name.
     let lb = server.lb_pid();
-    let held: Vec<_> = std::fs::read_dir(format!("/proc/{lb}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .filter(|p| p.display().to_string().contains("(deleted)"))
-        .collect();
+    let held = unnamed_files(lb);
     assert_eq!(held.len(), 1, "{held:?}");
     // The client then reads it all, byte for byte.
     let mut all = Vec::new();
@@ -322,11 +324,7 @@ fn a_slow_reader_does_not_hold_a_worker() {
     assert_eq!(all.len() - body_at, 20_000_000);
     // Then the file is gone.
     eventually("the backlog file closed", || {
-        std::fs::read_dir(format!("/proc/{lb}/fd"))
-            .unwrap()
-            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-            .all(|p| !p.display().to_string().contains("(deleted)"))
-            .then_some(())
+        unnamed_files(lb).is_empty().then_some(())
     });
     assert!(
         !server.output().contains("worker 1 ready"),
@@ -395,4 +393,26 @@ fn a_trickled_body_below_the_minimum_rate_gets_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(server.get("/count").text(), "1", "the app saw the trickle");
+}
+
+/// A held body in a temp file goes to the app at the app's pace; the read
+/// timeout starts when the app has all of it, not at dispatch.
+#[test]
+fn the_read_timeout_starts_when_the_app_has_a_held_body() {
+    let server = Server::start(&[
+        &probe(),
+        "w:1",
+        "--body-buffer=16K",
+        "--read-timeout-ms=400",
+    ]);
+    server.wait_workers(1);
+    // 1 MiB read 64 KiB every 60 ms: about a second, past the timeout.
+    let body = vec![b'z'; 1 << 20];
+    let answer = server.request("POST", "/slowread?ms=60", &[], &body);
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (200, "1048576"),
+        "{}",
+        server.output()
+    );
 }

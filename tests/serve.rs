@@ -269,6 +269,14 @@ fn a_busy_worker_is_skipped() {
                 (200, "pong"),
                 "with worker {id} busy"
             );
+            // A body the LB holds whole goes to the other worker too: no
+            // app took it.
+            let r = server.request("POST", "/echo", &[], b"held");
+            assert_eq!(
+                (r.status, r.text().as_str()),
+                (200, "held"),
+                "with worker {id} busy"
+            );
         }
         assert_eq!(hog.join().unwrap().unwrap().status, 200);
     }

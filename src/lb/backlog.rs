@@ -157,12 +157,16 @@ impl Backlog {
         self.file_counted = 0;
     }
 
-    /// Gives back memory a large response made the buffers grow to.
+    /// Gives back memory a slow client's response made the buffers grow to
+    /// past `keep`, once nothing waits.
     pub fn shrink(&mut self, keep: usize) {
         if self.is_empty() {
-            self.memory.shrink_to(keep);
-            self.piece = Vec::new();
-            self.file = None;
+            if self.memory.capacity() > keep {
+                self.memory = Vec::new();
+            }
+            if self.piece.capacity() > 0 {
+                self.piece = Vec::new();
+            }
         }
     }
 }

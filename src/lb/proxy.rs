@@ -212,6 +212,7 @@ impl Client {
                 buf.shrink_to(HEAD_CHUNK.max(buf.len()));
             }
         }
+        self.backlog.shrink(KEEP_CAPACITY);
     }
 }
 
@@ -456,7 +457,8 @@ impl Proxy {
         // The read timeout runs from the end of the request: an upload that
         // takes longer than the timeout is not a slow app.
         let head_deadline = HeadDeadline::default();
-        if body.is_done() {
+        let held_file = spool.as_ref().is_some_and(|s| s.has_file());
+        if body.is_done() && !held_file {
             head_deadline.set(dispatched + self.read_timeout);
         }
         let respond = respond(
@@ -644,17 +646,7 @@ impl Proxy {
                 if client_ok && !client.backlog.is_empty() {
                     // The worker is free: what the client has not taken
                     // yet goes on at its pace.
-                    let shape = Shape {
-                        head_request: false,
-                        http10: head.http10,
-                        close,
-                        log: false,
-                        app_idle: self.app_idle_timeout,
-                        send_timeout: self.send_timeout,
-                        buffering: true,
-                        websocket: false,
-                    };
-                    client_ok = flush(&client.socket, &mut client.backlog, shape).await;
+                    client_ok = flush(&client.socket, &mut client.backlog, self.send_timeout).await;
                 }
                 client.backlog.clear();
                 if tail {
@@ -664,11 +656,7 @@ impl Proxy {
                         tokio::task::yield_now().await;
                     }
                     let tail = [&client.resp_head[..]];
-                    let write = client.socket.write_all(&tail);
-                    client_ok &= matches!(
-                        tokio::time::timeout(self.send_timeout, write).await,
-                        Ok(Ok(()))
-                    );
+                    client_ok &= sent(self.send_timeout, client.socket.write_all(&tail)).await;
                 }
                 self.log.log(&Entry {
                     method: &head.method,
@@ -901,7 +889,7 @@ async fn pump(
 /// Sends `parts` to the client: at once as far as it takes them, the rest
 /// into `backlog` (when `buffer`) to follow later, or — when the backlog's
 /// bounds leave no room, or not buffering — at the client's pace. Whether
-/// the client is still there.
+/// the client is still there (if not, what waited for it is dropped).
 async fn deliver<'a, I>(
     client: &Socket,
     backlog: &mut Backlog,
@@ -912,8 +900,25 @@ async fn deliver<'a, I>(
 where
     I: Iterator<Item = &'a [u8]> + Clone,
 {
+    let there = send_or_keep(client, backlog, buffer, shape, parts).await;
+    if !there {
+        backlog.clear();
+    }
+    there
+}
+
+async fn send_or_keep<'a, I>(
+    client: &Socket,
+    backlog: &mut Backlog,
+    buffer: bool,
+    shape: Shape,
+    parts: I,
+) -> bool
+where
+    I: Iterator<Item = &'a [u8]> + Clone,
+{
     if !buffer {
-        return sent(shape, client.write_parts(parts)).await;
+        return sent(shape.send_timeout, client.write_parts(parts)).await;
     }
     let mut skip = 0;
     if backlog.is_empty() {
@@ -948,7 +953,7 @@ where
         return flush_ready(client, backlog).is_ok();
     };
     // No room: what waits goes first, then the rest, at the client's pace.
-    if !flush(client, backlog, shape).await {
+    if !flush(client, backlog, shape.send_timeout).await {
         return false;
     }
     let rest: Vec<&[u8]> = parts
@@ -956,7 +961,7 @@ where
         .skip(i)
         .map(|(j, part)| if j == i { &part[at..] } else { part })
         .collect();
-    sent(shape, client.write_parts(rest.into_iter())).await
+    sent(shape.send_timeout, client.write_parts(rest.into_iter())).await
 }
 
 /// Says (at most every 10 s) that responses go at their clients' pace
@@ -996,7 +1001,7 @@ fn flush_ready(client: &Socket, backlog: &mut Backlog) -> std::io::Result<()> {
 }
 
 /// Sends all of the backlog at the client's pace; whether it went.
-async fn flush(client: &Socket, backlog: &mut Backlog, shape: Shape) -> bool {
+async fn flush(client: &Socket, backlog: &mut Backlog, timeout: Duration) -> bool {
     loop {
         let Ok(front) = backlog.front() else {
             return false;
@@ -1005,19 +1010,19 @@ async fn flush(client: &Socket, backlog: &mut Backlog, shape: Shape) -> bool {
             return true;
         }
         let n = front.len();
-        if !sent(shape, client.write_all(&[front])).await {
+        if !sent(timeout, client.write_all(&[front])).await {
             return false;
         }
         backlog.consume(n);
     }
 }
 
-/// Whether a write to the client went through within the send timeout.
-async fn sent(shape: Shape, write: impl std::future::Future<Output = std::io::Result<()>>) -> bool {
-    matches!(
-        tokio::time::timeout(shape.send_timeout, write).await,
-        Ok(Ok(()))
-    )
+/// Whether a write to the client went through within `timeout`.
+async fn sent(
+    timeout: Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> bool {
+    matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
 }
 
 /// When the wait for a response head ends: set once the request has been
@@ -1181,7 +1186,6 @@ async fn respond(
             let parts = std::iter::once(head_part).chain(out.parts(input));
             if !deliver(client, backlog, buffer, shape, parts).await {
                 draining = Some(Instant::now() + drain);
-                backlog.clear();
             }
             continue;
         }
@@ -1193,7 +1197,6 @@ async fn respond(
             let parts = std::iter::once(&resp_head[..]);
             if !deliver(client, backlog, buffer, shape, parts).await {
                 draining = Some(Instant::now() + drain);
-                backlog.clear();
             }
         }
         buf.clear();
@@ -1234,7 +1237,6 @@ async fn respond(
                     Ok(()) if draining.is_none() => {
                         if !deliver(client, backlog, buffer, shape, out.parts(&[])).await {
                             draining = Some(Instant::now());
-                            backlog.clear();
                         }
                     }
                     Ok(()) => {}

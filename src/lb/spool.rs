@@ -60,7 +60,10 @@ impl Spools {
     }
 
     pub fn release(&self, n: u64) {
-        self.held.fetch_sub(n, Ordering::Relaxed);
+        // (Most exchanges hold nothing: no atomic operation for them.)
+        if n > 0 {
+            self.held.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     /// Counts `n` more bytes on disk, if the total allows.
@@ -69,7 +72,9 @@ impl Spools {
     }
 
     pub fn release_disk(&self, n: u64) {
-        self.disk_held.fetch_sub(n, Ordering::Relaxed);
+        if n > 0 {
+            self.disk_held.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     /// A new unnamed temp file.
