@@ -101,12 +101,26 @@ impl<C> Scheduler<C> {
     /// Waits for a worker: the idle stack first, else the queue until the
     /// queue timeout.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease<C>, Reject> {
-        let deadline = Instant::now() + self.queue_timeout;
+        self.acquire_until(Instant::now() + self.queue_timeout)
+            .await
+    }
+
+    /// How long a request may wait in the queue.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
+    }
+
+    /// Waits for a worker until `deadline` (a request tried again keeps
+    /// the deadline it was first queued with).
+    pub async fn acquire_until(self: &Arc<Self>, deadline: Instant) -> Result<Lease<C>, Reject> {
         let (key, rx) = {
             let mut pool = self.pool();
             if let Some(checkout) = pool.checkout(Instant::now().into_std()) {
                 drop(pool);
                 return Ok(self.lease(checkout));
+            }
+            if deadline <= Instant::now() {
+                return Err(Reject::QueueTimeout);
             }
             let (tx, rx) = oneshot::channel();
             match pool.enqueue(tx, deadline.into_std()) {
@@ -218,7 +232,7 @@ impl<C> Lease<C> {
         self.id
     }
 
-    pub fn socket(&self) -> &Path {
+    pub fn socket(&self) -> &Arc<Path> {
         &self.socket
     }
 

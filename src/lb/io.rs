@@ -109,7 +109,16 @@ impl Socket {
 
     /// Writes every piece `parts` yields, in order, gathering up to
     /// [`MAX_PARTS`] of them into each `writev`.
-    pub async fn write_parts<'a, I>(&self, mut parts: I) -> io::Result<()>
+    pub async fn write_parts<'a, I>(&self, parts: I) -> io::Result<()>
+    where
+        I: Iterator<Item = &'a [u8]>,
+    {
+        self.send_parts(parts, &mut 0).await
+    }
+
+    /// [`Socket::write_parts`], counting in `sent` the bytes the socket
+    /// took, also when it fails part way.
+    pub async fn send_parts<'a, I>(&self, mut parts: I, sent: &mut usize) -> io::Result<()>
     where
         I: Iterator<Item = &'a [u8]>,
     {
@@ -122,7 +131,10 @@ impl Socket {
             let mut slices = &mut storage[..count];
             while !slices.is_empty() {
                 match nix::sys::uio::writev(self.fd.get_ref().as_fd(), slices) {
-                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                    Ok(n) => {
+                        *sent += n;
+                        IoSlice::advance_slices(&mut slices, n)
+                    }
                     Err(nix::errno::Errno::EINTR) => {}
                     Err(nix::errno::Errno::EAGAIN) => self.wait_writable().await?,
                     Err(e) => return Err(e.into()),

@@ -22,6 +22,7 @@ pub mod body;
 pub mod chunked;
 pub mod client;
 pub mod control;
+pub mod exchange;
 pub mod http1;
 pub mod io;
 mod memory;

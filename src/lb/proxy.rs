@@ -11,7 +11,7 @@
 //! is retired: its app may still be busy with the request.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +20,9 @@ use tracing::warn;
 
 use super::access_log::{AccessLog, Entry};
 use super::backlog::Backlog;
-use super::balancer::{Balancer, Lease, Reject};
+use super::balancer::{Balancer, Reject};
 use super::body::{BodyError, Output, Relayer, RequestBody};
+use super::exchange::{Exchange, Limits, Phase, Then};
 use super::http1::{self, DateCache, Framing, Own, Parsed, RequestHead};
 use super::io::Socket;
 use super::spool::{Spool, Spools};
@@ -226,6 +227,8 @@ pub enum Next {
 /// Why the request body stopped.
 enum PumpError {
     ClientGone,
+    /// The client paused longer than the body timeout.
+    ClientSlow,
     Body(BodyError),
     WorkerGone,
 }
@@ -266,6 +269,16 @@ struct Relayed {
 }
 
 impl Proxy {
+    /// The deadlines and tries an exchange gets.
+    pub(super) fn limits(&self) -> Limits {
+        Limits {
+            queue: self.balancer.queue_timeout(),
+            read: self.read_timeout,
+            drain: self.read_timeout,
+            attempts: self.max_attempts,
+        }
+    }
+
     /// Forwards a request whose head has been parsed (and removed from
     /// `client.buf`) and answers the client. Afterwards `client.buf` holds
     /// only what followed the request.
@@ -276,11 +289,30 @@ impl Proxy {
         received: Instant,
         closing: bool,
     ) -> Next {
+        let bodiless = RequestBody::new(head.body, self.max_body).is_done();
+        let ex = if self.request_buffering && !bodiless {
+            Exchange::reading(self.limits())
+        } else {
+            Exchange::queued(self.limits(), bodiless)
+        };
+        self.run(&ex, client, head, received, closing).await
+    }
+
+    /// Drives `ex` from its first phase to its end.
+    pub(super) async fn run(
+        &self,
+        ex: &Exchange<Upstream>,
+        client: &mut Client,
+        head: &RequestHead,
+        received: Instant,
+        closing: bool,
+    ) -> Next {
         let mut body = RequestBody::new(head.body, self.max_body);
         let close = closing || !head.keep_alive;
         if let Framing::Length(n) = head.body {
             if n > self.max_body {
                 // Refused before any app sees a byte of it.
+                let _ = ex.answered();
                 let own = BodyError::TooLarge.answer();
                 client.answer(&self.log, Some(head), own, received).await;
                 return Next::Close;
@@ -289,14 +321,18 @@ impl Proxy {
         // The whole body is read before a worker is taken: a slow upload
         // costs the LB memory or disk, never a worker.
         let mut spool = None;
-        if let (Some(spools), false) = (
-            self.request_buffering.then_some(&self.spools),
-            body.is_done(),
-        ) {
-            match self.hold_body(client, head, &mut body, spools).await {
-                Ok(held) => spool = Some(held),
-                Err(Hold::ClientGone) => return Next::Close,
+        if ex.phase() == Phase::Reading {
+            match self.hold_body(client, head, &mut body, &self.spools).await {
+                Ok(held) => {
+                    spool = Some(held);
+                    let _ = ex.held();
+                }
+                Err(Hold::ClientGone) => {
+                    let _ = ex.left();
+                    return Next::Close;
+                }
                 Err(Hold::Refused(own)) => {
+                    let _ = ex.answered();
                     return client.reply(&self.log, head, own, true, received).await;
                 }
             }
@@ -305,11 +341,10 @@ impl Proxy {
             match self.tunnels.reserve() {
                 Some(slot) => Some(slot),
                 None => {
-                    let own = Own {
-                        retry_after: true,
-                        ..Own::text(503, "Service Unavailable", "Server busy", true)
-                    };
-                    return client.reply(&self.log, head, own, true, received).await;
+                    let _ = ex.answered();
+                    return client
+                        .reply(&self.log, head, busy(true), true, received)
+                        .await;
                 }
             }
         } else {
@@ -326,21 +361,23 @@ impl Proxy {
             Framing::Length(n) => client.buf.len() as u64 >= n,
             _ => false,
         };
-        for _ in 0..self.max_attempts {
+        while let Some(deadline) = ex.queue_deadline() {
             let acquired = tokio::select! {
-                acquired = self.balancer.acquire() => acquired,
-                _ = client.socket.closed(), if !complete => return Next::Close,
+                acquired = self.balancer.acquire_until(deadline) => acquired,
+                _ = client.socket.closed(), if !complete => {
+                    let _ = ex.left();
+                    return Next::Close;
+                }
             };
             let lease = match acquired {
                 Ok(lease) => lease,
                 Err(reject) => {
-                    let (status, reason, text, retry_after) = match reject {
-                        Reject::QueueFull => (503, "Service Unavailable", "Server busy", true),
-                        Reject::QueueTimeout => (504, "Gateway Timeout", "Queue timeout", false),
-                    };
-                    let own = Own {
-                        retry_after,
-                        ..Own::text(status, reason, text, false)
+                    let _ = ex.answered();
+                    let own = match reject {
+                        Reject::QueueFull => busy(false),
+                        Reject::QueueTimeout => {
+                            Own::text(504, "Gateway Timeout", "Queue timeout", false)
+                        }
                     };
                     // An unread body cannot be skipped: the connection ends.
                     return client
@@ -348,9 +385,12 @@ impl Proxy {
                         .await;
                 }
             };
-            match self
+            if ex.leased(lease).is_err() {
+                break;
+            }
+            let attempt = self
                 .attempt(
-                    lease,
+                    ex,
                     client,
                     head,
                     body.clone(),
@@ -358,8 +398,8 @@ impl Proxy {
                     received,
                     close,
                 )
-                .await
-            {
+                .await;
+            match attempt {
                 Attempt::Done(next) => return next,
                 Attempt::Retry => {}
                 Attempt::Answer(own) => {
@@ -367,27 +407,25 @@ impl Proxy {
                 }
             }
         }
-        let own = Own {
-            retry_after: true,
-            ..Own::text(503, "Service Unavailable", "Server busy", false)
-        };
         client
-            .reply(&self.log, head, own, close || has_body, received)
+            .reply(&self.log, head, busy(false), close || has_body, received)
             .await
     }
 
-    /// One try with one worker.
+    /// One try with the worker `ex` holds.
     #[allow(clippy::too_many_arguments)] // the pieces of one exchange
     async fn attempt(
         &self,
-        mut lease: Lease<Upstream>,
+        ex: &Exchange<Upstream>,
         client: &mut Client,
         head: &RequestHead,
         mut body: RequestBody,
-        mut spool: Option<&mut Spool>,
+        spool: Option<&mut Spool>,
         received: Instant,
         close: bool,
     ) -> Attempt {
+        // Whether the LB has all of the request, and could send it again.
+        let whole = body.is_done() || spool.is_some();
         // The head goes out with whatever of the body is already here (or
         // held in memory).
         client.out.clear();
@@ -395,44 +433,38 @@ impl Proxy {
         let initial = match body.take(&client.buf, &mut client.out) {
             Ok(n) => n,
             Err(refused) => {
-                // Nothing was sent: the worker is free.
-                lease.release(None);
+                let _ = ex.nothing_sent();
                 return Attempt::Answer(refused.answer());
             }
         };
-        let mut upstream = match self
+        let written = self
             .send_head(
-                &mut lease,
+                ex,
                 &client.req_head,
                 &client.out,
                 &client.buf[..initial],
                 held,
             )
-            .await
-        {
+            .await;
+        let mut upstream = match written {
             Ok(upstream) => upstream,
-            Err(why) if is_our_shortage(&why) => {
-                // Our shortage, not the worker's fault: it stays.
-                warn!("cannot reach worker {}: {why}", lease.id());
-                lease.release(None);
-                return Attempt::Answer(Own {
-                    retry_after: true,
-                    ..Own::text(503, "Service Unavailable", "Server busy", !body.is_done())
-                });
-            }
             Err(why) => {
-                warn!(
-                    "worker {} unreachable at {}: {why}",
-                    lease.id(),
-                    lease.socket().display()
-                );
-                lease.retire();
-                lease.release(None);
-                return Attempt::Retry;
+                let ours = is_our_shortage(&why);
+                if let Some((id, socket)) = ex.worker() {
+                    if ours {
+                        warn!("cannot reach worker {id}: {why}");
+                    } else {
+                        warn!("worker {id} unreachable at {}: {why}", socket.display());
+                    }
+                }
+                return match ex.unreachable(ours) {
+                    Ok(Then::Retry) => Attempt::Retry,
+                    Ok(Then::Refuse) => Attempt::Answer(busy(!body.is_done())),
+                    Ok(Then::Lost) | Err(_) => Attempt::Answer(bad_gateway(true)),
+                };
             }
         };
         client.buf.drain(..initial);
-        let dispatched = Instant::now();
         let log = self.log.enabled();
         let head_request = head.method == hyper::Method::HEAD;
 
@@ -451,17 +483,13 @@ impl Proxy {
             body_out,
             out: upstream_out,
         } = &mut upstream;
-        // Whether the response has begun to reach the client (then a refusal
-        // of the body can no longer be answered, only cut short).
-        let started = AtomicBool::new(false);
-        // The read timeout runs from the end of the request: an upload that
-        // takes longer than the timeout is not a slow app.
-        let head_deadline = HeadDeadline::default();
-        let held_file = spool.as_ref().is_some_and(|s| s.has_file());
-        if body.is_done() && !held_file {
-            head_deadline.set(dispatched + self.read_timeout);
+        // What of a held body is in its file still has to be sent.
+        let spooled = spool.filter(|s| s.has_file());
+        if body.is_done() && spooled.is_none() {
+            let _ = ex.request_out();
         }
         let respond = respond(
+            ex,
             &*client_socket,
             resp_head,
             date,
@@ -479,13 +507,8 @@ impl Proxy {
                 buffering: self.response_buffering,
                 websocket: head.websocket,
             },
-            &head_deadline,
-            self.read_timeout,
-            &started,
         );
-        // What of a held body is in its file still has to be sent.
-        let spooled = spool.as_deref_mut().filter(|s| s.has_file());
-        let answer = if body.is_done() && spooled.is_none() {
+        let answer = if ex.phase() == Phase::AwaitingHead {
             // The client may close its end now (a half-close) and still
             // read the answer; one that has gone is found out when the
             // answer is written, and the app's response is then read to its
@@ -496,11 +519,14 @@ impl Proxy {
                 && spooled.is_none()
                 && client_socket.write_all(&[CONTINUE]).await.is_err()
             {
+                let _ = ex.abandon();
                 return Attempt::Done(Next::Close);
             }
             let pump = async {
                 match spooled {
-                    Some(spool) => send_held(spool, body_buf, &*upstream_socket).await,
+                    Some(spool) => {
+                        send_held(spool, body_buf, &*upstream_socket, self.read_timeout).await
+                    }
                     None => {
                         pump(
                             &*client_socket,
@@ -509,6 +535,10 @@ impl Proxy {
                             body_out,
                             &mut body,
                             &*upstream_socket,
+                            Paces {
+                                client: self.body_timeout,
+                                app: self.read_timeout,
+                            },
                         )
                         .await
                     }
@@ -519,23 +549,32 @@ impl Proxy {
             loop {
                 tokio::select! {
                     result = &mut pump, if !pumped => match result {
-                        Ok(()) => {
+                        // The app stopped reading (`WorkerGone`); its answer
+                        // may still come.
+                        Ok(()) | Err(PumpError::WorkerGone) => {
                             pumped = true;
-                            head_deadline.set(Instant::now() + self.read_timeout);
+                            let _ = ex.request_out();
                         }
-                        Err(PumpError::ClientGone) => return Attempt::Done(Next::Close),
-                        // The app has seen part of the body: the lease is
-                        // dropped unfinished, so the worker is retired.
+                        Err(PumpError::ClientGone) => {
+                            let _ = ex.abandon();
+                            return Attempt::Done(Next::Close);
+                        }
+                        Err(PumpError::ClientSlow) => {
+                            let begun = ex.has_begun();
+                            let _ = ex.abandon();
+                            if begun {
+                                return Attempt::Done(Next::Close);
+                            }
+                            return Attempt::Answer(request_timeout());
+                        }
+                        // The app has seen part of the body: abandoned.
                         Err(PumpError::Body(refused)) => {
-                            if started.load(Ordering::Relaxed) {
+                            let begun = ex.has_begun();
+                            let _ = ex.abandon();
+                            if begun {
                                 return Attempt::Done(Next::Close);
                             }
                             return Attempt::Answer(refused.answer());
-                        }
-                        // The app stopped reading; its answer may still come.
-                        Err(PumpError::WorkerGone) => {
-                            pumped = true;
-                            head_deadline.set(Instant::now() + self.read_timeout);
                         }
                     },
                     answer = &mut respond => break answer,
@@ -543,20 +582,12 @@ impl Proxy {
             }
         };
         match answer {
-            Answer::Busy => {
-                // The busy answer is unread on the connection: it goes.
-                lease.busy(None);
-                // No app took the request: it can go to another worker if
-                // the LB has all of it.
-                if head.body == Framing::None || spool.is_some() {
-                    return Attempt::Retry;
-                }
-                Attempt::Answer(Own {
-                    retry_after: true,
-                    ..Own::text(503, "Service Unavailable", "Server busy", true)
-                })
-            }
+            Answer::Busy => match ex.busy() {
+                Ok(Then::Retry) => Attempt::Retry,
+                _ => Attempt::Answer(busy(!whole)),
+            },
             Answer::Tunnel(len) => {
+                let _ = ex.tunnel();
                 // The head goes to the client with whatever of the stream
                 // came along, and what the client sent past its request to
                 // the app; then bytes flow both ways until either side
@@ -582,11 +613,7 @@ impl Proxy {
                 if sent {
                     bytes += tunnel(&client.socket, upstream_socket, body_buf, upstream_buf).await;
                 }
-                upstream_buf.clear();
-                body_buf.clear();
-                // The app has seen the connection close: it is free (the
-                // connection itself is not reused).
-                lease.release(None);
+                let _ = ex.tunnel_closed();
                 self.log.log(&Entry {
                     method: &head.method,
                     path: &client.path,
@@ -599,7 +626,7 @@ impl Proxy {
                 Attempt::Done(Next::Close)
             }
             Answer::Timeout => {
-                drop(lease); // abandoned: retired
+                let _ = ex.abandon();
                 Attempt::Answer(Own::text(
                     504,
                     "Gateway Timeout",
@@ -608,14 +635,11 @@ impl Proxy {
                 ))
             }
             Answer::Lost(why) => {
-                warn!("worker {} lost mid-request: {why}", lease.id());
-                drop(lease); // abandoned: retired
-                Attempt::Answer(Own::text(
-                    502,
-                    "Bad Gateway",
-                    "Bad Gateway",
-                    !body.is_done(),
-                ))
+                if let Some((id, _)) = ex.worker() {
+                    warn!("worker {id} lost mid-request: {why}");
+                }
+                let _ = ex.abandon();
+                Attempt::Answer(bad_gateway(!body.is_done()))
             }
             Answer::Relayed(relayed) => {
                 let Relayed {
@@ -631,16 +655,16 @@ impl Proxy {
                     content_type,
                 } = relayed;
                 if recycle {
-                    lease.recycle();
+                    ex.recycle();
                 }
                 let mut handed_over = false;
                 if upstream_done {
                     // The worker's buffers stay as large as its bodies made
                     // them: there is one set per worker, not per client.
                     let keep = reusable && body.is_done() && upstream.buf.is_empty();
-                    handed_over = lease.release(keep.then_some(upstream));
+                    handed_over = ex.finished(keep.then_some(upstream)).unwrap_or(false);
                 } else {
-                    drop(lease); // abandoned mid-body: retired
+                    let _ = ex.abandon(); // cut short mid-body
                 }
                 let mut client_ok = client_ok;
                 if client_ok && !client.backlog.is_empty() {
@@ -679,10 +703,12 @@ impl Proxy {
 
     /// Writes the request head (and the first of the body) on the worker's
     /// connection: the parked one if it is still good, else a new one. A
-    /// parked connection found closed is replaced once.
+    /// parked connection found closed before it took a byte is replaced
+    /// once. Every write reports to `ex` whether the app's socket took
+    /// bytes: from then on the request cannot go to another worker.
     async fn send_head(
         &self,
-        lease: &mut Lease<Upstream>,
+        ex: &Exchange<Upstream>,
         req_head: &[u8],
         body: &Output,
         input: &[u8],
@@ -693,16 +719,48 @@ impl Proxy {
                 .chain(body.parts(input))
                 .chain(std::iter::once(held))
         };
-        let parked = lease.take_conn().filter(|u| !u.socket.stale());
+        let parked = ex.take_conn().filter(|u| !u.socket.stale());
         if let Some(upstream) = parked {
-            if upstream.socket.write_parts(parts()).await.is_ok() {
-                return Ok(upstream);
+            match send_reported(ex, &upstream.socket, parts()).await {
+                Ok(()) => return Ok(upstream),
+                // The app may have read some of it: it cannot go again.
+                Err(e) if ex.has_seen() => return Err(e),
+                Err(_) => {}
             }
         }
-        let upstream = Upstream::connect(lease.socket())?;
-        upstream.socket.write_parts(parts()).await?;
+        let (_, path) = ex.worker().ok_or(std::io::ErrorKind::NotConnected)?;
+        let upstream = Upstream::connect(&path)?;
+        send_reported(ex, &upstream.socket, parts()).await?;
         Ok(upstream)
     }
+}
+
+/// Writes `parts` to the app, and tells `ex` whether its socket took any.
+async fn send_reported<'a>(
+    ex: &Exchange<Upstream>,
+    socket: &Socket,
+    parts: impl Iterator<Item = &'a [u8]>,
+) -> std::io::Result<()> {
+    let mut accepted = 0;
+    let result = socket.send_parts(parts, &mut accepted).await;
+    let _ = ex.sent(accepted > 0);
+    result
+}
+
+/// `503 Server busy`, with `Retry-After`.
+fn busy(close: bool) -> Own<'static> {
+    Own {
+        retry_after: true,
+        ..Own::text(503, "Service Unavailable", "Server busy", close)
+    }
+}
+
+fn request_timeout() -> Own<'static> {
+    Own::text(408, "Request Timeout", "Request Timeout", true)
+}
+
+fn bad_gateway(close: bool) -> Own<'static> {
+    Own::text(502, "Bad Gateway", "Bad Gateway", close)
 }
 
 /// Why a request body could not be held.
@@ -760,8 +818,7 @@ impl Proxy {
                     return Ok(spool);
                 }
             }
-            let timed_out =
-                || Hold::Refused(Own::text(408, "Request Timeout", "Request Timeout", true));
+            let timed_out = || Hold::Refused(request_timeout());
             let read = client.socket.read_into(&mut client.buf, HOLD_CHUNK);
             match tokio::time::timeout(self.body_timeout, read).await {
                 Err(_) => return Err(timed_out()),
@@ -781,20 +838,23 @@ impl Proxy {
     }
 }
 
-/// Sends the part of a held body that is in its file.
+/// Sends the part of a held body that is in its file. An app that takes
+/// none of it for `stall` counts as having stopped reading.
 async fn send_held(
     spool: &mut Spool,
     buf: &mut Vec<u8>,
     upstream: &Socket,
+    stall: Duration,
 ) -> Result<(), PumpError> {
     let mut file = spool.rewind().map_err(|_| PumpError::WorkerGone)?;
     loop {
         match file.next_piece(buf, BODY_CHUNK) {
             Ok(0) => return Ok(()),
-            Ok(_) => upstream
-                .write_all(&[buf])
-                .await
-                .map_err(|_| PumpError::WorkerGone)?,
+            Ok(_) => {
+                if !sent(stall, upstream.write_all(&[buf])).await {
+                    return Err(PumpError::WorkerGone);
+                }
+            }
             Err(e) => {
                 warn!("cannot read a held request body back: {e}");
                 return Err(PumpError::WorkerGone);
@@ -854,6 +914,14 @@ enum Attempt {
     Answer(Own<'static>),
 }
 
+/// The longest pauses of a streamed body.
+struct Paces {
+    /// Between pieces from the client.
+    client: Duration,
+    /// In the app's reading: past it, the app counts as having stopped.
+    app: Duration,
+}
+
 /// Streams the rest of the request body from the client to the worker,
 /// through the worker's `body_buf`. What the client sent past the body (a
 /// pipelined request) ends up in `client_buf`, where its next head is read.
@@ -864,21 +932,23 @@ async fn pump(
     out: &mut Output,
     body: &mut RequestBody,
     upstream: &Socket,
+    paces: Paces,
 ) -> Result<(), PumpError> {
     body_buf.clear();
     while !body.is_done() {
         if body_buf.is_empty() {
-            match client.read_into(body_buf, BODY_CHUNK).await {
-                Ok(0) | Err(_) => return Err(PumpError::ClientGone),
-                Ok(_) => {}
+            let read = client.read_into(body_buf, BODY_CHUNK);
+            match tokio::time::timeout(paces.client, read).await {
+                Err(_) => return Err(PumpError::ClientSlow),
+                Ok(Ok(0) | Err(_)) => return Err(PumpError::ClientGone),
+                Ok(Ok(_)) => {}
             }
         }
         out.clear();
         let n = body.take(body_buf, out).map_err(PumpError::Body)?;
-        upstream
-            .write_parts(out.parts(body_buf))
-            .await
-            .map_err(|_| PumpError::WorkerGone)?;
+        if !sent(paces.app, upstream.write_parts(out.parts(body_buf))).await {
+            return Err(PumpError::WorkerGone);
+        }
         body_buf.drain(..n);
     }
     client_buf.extend_from_slice(body_buf);
@@ -1025,25 +1095,6 @@ async fn sent(
     matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
 }
 
-/// When the wait for a response head ends: set once the request has been
-/// sent whole (or the app stopped reading it).
-#[derive(Default)]
-struct HeadDeadline {
-    at: std::sync::Mutex<Option<Instant>>,
-    changed: tokio::sync::Notify,
-}
-
-impl HeadDeadline {
-    fn set(&self, at: Instant) {
-        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
-        self.changed.notify_one();
-    }
-
-    fn get(&self) -> Option<Instant> {
-        *self.at.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// What shapes the response the client gets.
 #[derive(Clone, Copy)]
 struct Shape {
@@ -1061,12 +1112,14 @@ struct Shape {
     websocket: bool,
 }
 
-/// Reads the worker's response head (until `deadline`) and relays the
-/// response to the client. If the client is gone, the rest of the response
-/// is read and dropped for up to `drain` and [`MAX_DRAIN`] bytes, so that
-/// the app finishes and its worker can be freed rather than retired.
+/// Reads the worker's response head (by the exchange's read deadline) and
+/// relays the response to the client. If the client is gone, the rest of
+/// the response is read and dropped until the drain deadline and for up to
+/// [`MAX_DRAIN`] bytes, so that the app finishes and its worker can be
+/// freed rather than retired.
 #[allow(clippy::too_many_arguments)] // the halves of two borrowed connections
 async fn respond(
+    ex: &Exchange<Upstream>,
     client: &Socket,
     resp_head: &mut Vec<u8>,
     date: &mut DateCache,
@@ -1075,9 +1128,6 @@ async fn respond(
     out: &mut Output,
     backlog: &mut Backlog,
     shape: Shape,
-    deadline: &HeadDeadline,
-    drain: Duration,
-    started: &AtomicBool,
 ) -> Answer {
     let since = Instant::now();
     buf.clear();
@@ -1107,12 +1157,12 @@ async fn respond(
             Ok((Parsed::Incomplete, ..)) => {}
         }
         let read = upstream.read_into(buf, HEAD_CHUNK);
-        let read = match deadline.get() {
+        let read = match ex.head_deadline() {
             Some(at) => tokio::time::timeout_at(at, read).await,
             // The request is still on its way: no deadline yet.
             None => tokio::select! {
                 read = read => Ok(read),
-                _ = deadline.changed.notified() => continue,
+                _ = ex.wait_out() => continue,
             },
         };
         match read {
@@ -1125,6 +1175,7 @@ async fn respond(
     if head.busy {
         return Answer::Busy;
     }
+    let _ = ex.head();
     let worker = since.elapsed();
     let content_type = match (&head.content_type, shape.log) {
         (Some(range), true) => std::str::from_utf8(&buf[range.clone()])
@@ -1141,9 +1192,7 @@ async fn respond(
     let mut head_pending = true;
     // Whether `resp_head` holds the end of the response, still to be sent.
     let mut tail = false;
-    // Until when a response whose client is gone is read on (and how much
-    // of it was).
-    let mut draining: Option<Instant> = None;
+    // How much of a response whose client is gone was read on.
     let mut drained = 0u64;
     let mut bytes = 0u64;
     loop {
@@ -1162,7 +1211,7 @@ async fn respond(
             };
             bytes += out.data_len();
             pos += consumed;
-            if draining.is_some() {
+            if ex.phase() == Phase::Draining {
                 drained += consumed as u64;
                 if drained > MAX_DRAIN {
                     break;
@@ -1182,10 +1231,10 @@ async fn respond(
             }
             let head_part: &[u8] = if head_pending { resp_head } else { &[] };
             head_pending = false;
-            started.store(true, Ordering::Relaxed);
+            let _ = ex.begun();
             let parts = std::iter::once(head_part).chain(out.parts(input));
             if !deliver(client, backlog, buffer, shape, parts).await {
-                draining = Some(Instant::now() + drain);
+                let _ = ex.client_gone();
             }
             continue;
         }
@@ -1193,14 +1242,15 @@ async fn respond(
         // streamed body's first bytes are not held back.
         if head_pending {
             head_pending = false;
-            started.store(true, Ordering::Relaxed);
+            let _ = ex.begun();
             let parts = std::iter::once(&resp_head[..]);
             if !deliver(client, backlog, buffer, shape, parts).await {
-                draining = Some(Instant::now() + drain);
+                let _ = ex.client_gone();
             }
         }
         buf.clear();
         pos = 0;
+        let draining = ex.drain_deadline();
         let until = draining.unwrap_or_else(|| Instant::now() + shape.app_idle);
         let read = upstream.read_into(buf, BODY_CHUNK);
         let read = if backlog.is_empty() {
@@ -1211,7 +1261,7 @@ async fn respond(
                 read = tokio::time::timeout_at(until, read) => read,
                 writable = client.wait_writable() => {
                     if writable.is_err() || flush_ready(client, backlog).is_err() {
-                        draining = Some(Instant::now() + drain);
+                        let _ = ex.client_gone();
                         backlog.clear();
                     }
                     continue;
@@ -1236,7 +1286,7 @@ async fn respond(
                 match relayer.end(out) {
                     Ok(()) if draining.is_none() => {
                         if !deliver(client, backlog, buffer, shape, out.parts(&[])).await {
-                            draining = Some(Instant::now());
+                            let _ = ex.client_gone();
                         }
                     }
                     Ok(()) => {}
@@ -1251,7 +1301,7 @@ async fn respond(
             }
         }
     }
-    let client_ok = draining.is_none();
+    let client_ok = ex.phase() != Phase::Draining;
     if head_pending {
         // A response without a body: its head is its end.
         tail = true;
