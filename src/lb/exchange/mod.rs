@@ -210,10 +210,17 @@ impl<C> Exchange<C> {
 
     /// When waiting in the queue ends (while queued).
     pub fn queue_deadline(&self) -> Option<Instant> {
+        self.deadline_in(Phase::Queued, |s| s.queue_deadline)
+    }
+
+    /// A deadline of `phase`, if the exchange is in it.
+    fn deadline_in(&self, phase: Phase, pick: fn(&State<C>) -> Option<Instant>) -> Option<Instant> {
         let s = self.state();
-        (s.phase == Phase::Queued)
-            .then_some(s.queue_deadline)
-            .flatten()
+        if s.phase == phase {
+            pick(&s)
+        } else {
+            None
+        }
     }
 
     /// A worker was handed out: the request goes to it. Refused (and the
@@ -327,10 +334,7 @@ impl<C> Exchange<C> {
     /// When the response head is due (None while the request is still
     /// going out).
     pub fn head_deadline(&self) -> Option<Instant> {
-        let s = self.state();
-        (s.phase == Phase::AwaitingHead)
-            .then_some(s.head_deadline)
-            .flatten()
+        self.deadline_in(Phase::AwaitingHead, |s| s.head_deadline)
     }
 
     /// Resolves once the request is out (see [`Exchange::request_out`]).
@@ -380,10 +384,7 @@ impl<C> Exchange<C> {
 
     /// Until when a response whose client has gone is read on.
     pub fn drain_deadline(&self) -> Option<Instant> {
-        let s = self.state();
-        (s.phase == Phase::Draining)
-            .then_some(s.drain_deadline)
-            .flatten()
+        self.deadline_in(Phase::Draining, |s| s.drain_deadline)
     }
 
     /// The app has asked to be replaced after this request.

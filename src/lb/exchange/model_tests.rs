@@ -344,11 +344,7 @@ fn sequences_keep_the_guarantees() {
         failure_persistence: None,
         ..Config::default()
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     let strategy = (
         any::<bool>(),
         any::<bool>(),
@@ -365,11 +361,7 @@ fn sequences_keep_the_guarantees() {
 /// The sequences the guarantees are about, spelled out.
 #[test]
 fn the_named_paths() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     use Event::*;
     let paths: &[(&str, bool, bool, &[Event])] = &[
         (
@@ -465,11 +457,7 @@ fn the_named_paths() {
 
 #[test]
 fn a_connection_is_parked_only_after_a_whole_request() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let h = Harness::new();
         // The app answered before the body was out: its connection goes.
@@ -498,4 +486,13 @@ fn a_connection_is_parked_only_after_a_whole_request() {
         assert!(next.take_conn().is_some(), "not parked");
         next.release(None);
     });
+}
+
+/// A runtime whose clock stands still unless every task waits.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
 }
