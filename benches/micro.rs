@@ -23,7 +23,8 @@ fn pool_with(workers: u32) -> BenchPool {
             Some(1),
             now,
             |_, c| Err(c),
-        );
+        )
+        .expect("distinct ids");
     }
     pool
 }
@@ -36,6 +37,7 @@ fn pool(c: &mut Criterion) {
             let checkout = idle.checkout(now).expect("an idle worker");
             idle.checkin(
                 black_box(checkout.id),
+                checkout.epoch,
                 checkout.conn,
                 Outcome::Done,
                 now,
@@ -49,14 +51,25 @@ fn pool(c: &mut Criterion) {
     let deadline = now + Duration::from_secs(2);
     c.bench_function("pool: enqueue + hand over on checkin", |b| {
         let mut n = 0u64;
+        let mut live = held.epoch;
         b.iter(|| {
             n += 1;
             busy.enqueue(black_box(n), deadline);
-            busy.checkin(held.id, None, Outcome::Done, now, |waiter, checkout| {
-                black_box(waiter);
-                let _ = black_box(checkout);
-                Ok(())
-            });
+            let mut next = live;
+            busy.checkin(
+                held.id,
+                live,
+                None,
+                Outcome::Done,
+                now,
+                |waiter, checkout| {
+                    black_box(waiter);
+                    next = checkout.epoch;
+                    let _ = black_box(checkout);
+                    Ok(())
+                },
+            );
+            live = next;
         })
     });
 

@@ -108,6 +108,39 @@ fn an_external_worker_joins_and_quits_in_the_original_format() {
 }
 
 #[test]
+fn a_join_with_a_live_id_on_another_socket_gets_409_and_changes_nothing() {
+    let server = Server::start(&["builtin:hello", "w:1"]);
+    server.wait_workers(1);
+    let ctl = server.socket("ctl.sock");
+    let socket = server.socket("foreign.sock");
+    let _app = External::start(&socket);
+    // Worker 0 is ours (the first the manager started).
+    let join = format!(
+        r#"{{"op":"join","workerId":0,"socket":"{}"}}"#,
+        socket.display()
+    );
+    let response = post(&ctl, &join);
+    assert_eq!(response.status, 409, "{}", response.text());
+    let error = error_of(&response);
+    assert!(error.contains("worker 0 has joined already"), "{error}");
+    // Ours still serves every request (the probe would answer /pid).
+    for _ in 0..4 {
+        assert_eq!(server.get("/pid").status, 404);
+        assert_eq!(server.get("/ping").status, 200);
+    }
+    assert_eq!(server.status().unwrap()["workers"], 1);
+    // A repeated join of one pair (a worker retrying) is idempotent: one
+    // more worker, not two.
+    let join = format!(
+        r#"{{"op":"join","workerId":300,"socket":"{}"}}"#,
+        socket.display()
+    );
+    assert_eq!(post(&ctl, &join).status, 200);
+    assert_eq!(post(&ctl, &join).status, 200);
+    assert_eq!(server.status().unwrap()["workers"], 2);
+}
+
+#[test]
 fn only_the_newest_version_gets_new_requests() {
     let server = Server::start(&["builtin:hello", "w:2"]);
     server.wait_workers(2);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use super::pool::{Checkin, Checkout, Enqueue, Outcome, Pool, Stats, WorkerId};
+use super::pool::{Checkin, Checkout, Conflict, Enqueue, Epoch, Outcome, Pool, Stats, WorkerId};
 use super::upstream::Upstream;
 use crate::link::LinkMsg;
 
@@ -60,9 +60,16 @@ impl<C> Scheduler<C> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn join(&self, id: WorkerId, socket: &Path, version: Option<u64>) {
+    /// Adds a worker (see [`Pool::join`]: the same id on another socket is
+    /// refused); true if it is new.
+    pub fn join(
+        &self,
+        id: WorkerId,
+        socket: &Path,
+        version: Option<u64>,
+    ) -> Result<bool, Conflict> {
         let now = Instant::now().into_std();
-        self.pool().join(id, socket, version, now, deliver);
+        self.pool().join(id, socket, version, now, deliver)
     }
 
     pub fn leave(&self, id: WorkerId) {
@@ -80,10 +87,21 @@ impl<C> Scheduler<C> {
         }
     }
 
-    /// Asks the manager to replace a worker whose app asked to be recycled;
-    /// it serves on only while the pool is short of fresh workers.
-    pub fn recycle(&self, id: WorkerId) {
-        if self.pool().spend(id, Instant::now().into_std()) {
+    /// Asks the manager to replace a worker whose app asked (during
+    /// checkout `epoch`) to be recycled; it serves on only while the pool
+    /// is short of fresh workers.
+    fn recycle(&self, id: WorkerId, epoch: Epoch) {
+        if self
+            .pool()
+            .spend_lease(id, epoch, Instant::now().into_std())
+        {
+            let _ = self.manager.send(LinkMsg::Retire { id });
+        }
+    }
+
+    /// [`Scheduler::retire`], for the exchange holding checkout `epoch`.
+    fn retire_lease(&self, id: WorkerId, epoch: Epoch) {
+        if self.pool().retire_lease(id, epoch) {
             let _ = self.manager.send(LinkMsg::Retire { id });
         }
     }
@@ -151,17 +169,18 @@ impl<C> Scheduler<C> {
         Lease {
             scheduler: self.clone(),
             id: checkout.id,
+            epoch: checkout.epoch,
             socket: checkout.socket,
             conn: checkout.conn,
             finished: false,
         }
     }
 
-    fn checkin(&self, id: WorkerId, conn: Option<C>, outcome: Outcome) -> Checkin {
+    fn checkin(&self, id: WorkerId, epoch: Epoch, conn: Option<C>, outcome: Outcome) -> Checkin {
         let now = Instant::now().into_std();
-        let checkin = self.pool().checkin(id, conn, outcome, now, deliver);
+        let checkin = self.pool().checkin(id, epoch, conn, outcome, now, deliver);
         match checkin {
-            Checkin::Done | Checkin::HandedOver => {}
+            Checkin::Done | Checkin::HandedOver | Checkin::Stale => {}
             Checkin::Retired => {
                 let _ = self.manager.send(LinkMsg::Retire { id });
             }
@@ -222,6 +241,9 @@ impl<C> Drop for Waiting<'_, C> {
 pub struct Lease<C> {
     scheduler: Arc<Scheduler<C>>,
     id: WorkerId,
+    /// Which checkout of the worker this is: the pool acts on this lease's
+    /// reports only while it is the worker's live one.
+    epoch: Epoch,
     socket: Arc<Path>,
     conn: Option<C>,
     finished: bool,
@@ -246,31 +268,35 @@ impl<C> Lease<C> {
     /// got it.
     pub fn release(mut self, conn: Option<C>) -> bool {
         self.finished = true;
-        self.scheduler.checkin(self.id, conn, Outcome::Done) == Checkin::HandedOver
+        self.scheduler
+            .checkin(self.id, self.epoch, conn, Outcome::Done)
+            == Checkin::HandedOver
     }
 
     /// The app answered busy (it serves someone else): the worker goes to
     /// the bottom of the idle stack, so the retry tries another one.
     pub fn busy(mut self, conn: Option<C>) {
         self.finished = true;
-        self.scheduler.checkin(self.id, conn, Outcome::Busy);
+        self.scheduler
+            .checkin(self.id, self.epoch, conn, Outcome::Busy);
     }
 
     /// Takes the worker out of rotation and asks for its replacement.
     pub fn retire(&self) {
-        self.scheduler.retire(self.id);
+        self.scheduler.retire_lease(self.id, self.epoch);
     }
 
     /// Asks for the worker's replacement (its app asked to be recycled).
     pub fn recycle(&self) {
-        self.scheduler.recycle(self.id);
+        self.scheduler.recycle(self.id, self.epoch);
     }
 }
 
 impl<C> Drop for Lease<C> {
     fn drop(&mut self) {
         if !self.finished {
-            self.scheduler.checkin(self.id, None, Outcome::Abandoned);
+            self.scheduler
+                .checkin(self.id, self.epoch, None, Outcome::Abandoned);
         }
     }
 }
@@ -282,7 +308,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_quit_waits_for_the_request_in_flight() {
         let (s, _rx) = scheduler(8);
-        s.join(0, Path::new("/tmp/x.0.sock"), None);
+        s.join(0, Path::new("/tmp/x.0.sock"), None).unwrap();
         let lease = s.acquire().await.expect("worker");
         s.leave(0);
         let drain = tokio::spawn({
@@ -298,7 +324,7 @@ mod tests {
         lease.release(None);
         assert_eq!(drain.await.expect("task"), released);
         // An idle worker's quit does not wait at all.
-        s.join(1, Path::new("/tmp/x.1.sock"), None);
+        s.join(1, Path::new("/tmp/x.1.sock"), None).unwrap();
         s.leave(1);
         let started = Instant::now();
         s.drain(1, Duration::from_secs(10)).await;
@@ -318,7 +344,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_queue_times_out_at_its_deadline() {
         let (s, _rx) = scheduler(8);
-        s.join(0, Path::new("/tmp/x.0.sock"), None);
+        s.join(0, Path::new("/tmp/x.0.sock"), None).unwrap();
         let busy = s.acquire().await.expect("idle worker");
         let started = Instant::now();
         assert_eq!(s.acquire().await.err(), Some(Reject::QueueTimeout));
@@ -330,7 +356,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_freed_worker_goes_to_the_oldest_waiter() {
         let (s, _rx) = scheduler(8);
-        s.join(0, Path::new("/tmp/x.0.sock"), None);
+        s.join(0, Path::new("/tmp/x.0.sock"), None).unwrap();
         let lease = s.acquire().await.expect("idle worker");
         let waiter = |s: Arc<Scheduler<()>>| async move {
             s.acquire().await.map(|lease| {
@@ -372,15 +398,15 @@ mod tests {
             async move { s.acquire().await.map(|l| l.id()) }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        s.join(5, Path::new("/tmp/x.5.sock"), None);
+        s.join(5, Path::new("/tmp/x.5.sock"), None).unwrap();
         assert_eq!(waiting.await.expect("task").ok(), Some(5));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_lease_retires_its_worker() {
         let (s, mut rx) = scheduler(8);
-        s.join(0, Path::new("/tmp/x.0.sock"), None);
-        s.join(1, Path::new("/tmp/x.1.sock"), None);
+        s.join(0, Path::new("/tmp/x.0.sock"), None).unwrap();
+        s.join(1, Path::new("/tmp/x.1.sock"), None).unwrap();
         let lease = s.acquire().await.expect("worker");
         assert_eq!(lease.id(), 1);
         drop(lease);
@@ -393,7 +419,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_leaves_gives_its_worker_back() {
         let (s, _rx) = scheduler(8);
-        s.join(0, Path::new("/tmp/x.0.sock"), None);
+        s.join(0, Path::new("/tmp/x.0.sock"), None).unwrap();
         let lease = s.acquire().await.expect("worker");
         let waiter = tokio::spawn({
             let s = s.clone();

@@ -2,7 +2,9 @@
 //!
 //! Only processes of this user may connect (checked with the peer's
 //! credentials), a joining worker's socket must lie in the socket dir, and
-//! every refusal is a `400` naming the problem; nothing else changes.
+//! every refusal is a `400` naming the problem — or a `409` for a join
+//! that would replace a live worker (the same id on another socket);
+//! nothing else changes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -91,8 +93,8 @@ impl Control {
             Message::Quit { worker_id } => Some(*worker_id),
             Message::Join { .. } => None,
         };
-        if let Err(why) = self.apply(message) {
-            return refuse(&why);
+        if let Err((status, why)) = self.apply(message) {
+            return answer(status, control::error_body(&why));
         }
         // A quitting worker stops its app when we answer: answer once its
         // request in flight, if any, is done (drained), not before.
@@ -102,7 +104,7 @@ impl Control {
         answer(StatusCode::OK, control::ok_body())
     }
 
-    fn apply(&self, message: Message) -> Result<(), String> {
+    fn apply(&self, message: Message) -> Result<(), (StatusCode, String)> {
         match message {
             Message::Join {
                 worker_id,
@@ -111,13 +113,25 @@ impl Control {
                 version,
             } => {
                 if !self.paths.holds(&socket) {
-                    return Err(format!(
+                    let why = format!(
                         "socket {} is not in the socket dir {}",
                         socket.display(),
                         self.paths.dir().display()
-                    ));
+                    );
+                    return Err((StatusCode::BAD_REQUEST, why));
                 }
-                self.balancer.join(worker_id, &socket, version);
+                match self.balancer.join(worker_id, &socket, version) {
+                    Ok(true) => {}
+                    // A join retried (its answer was late): nothing new.
+                    Ok(false) => return Ok(()),
+                    Err(conflict) => {
+                        warn!(
+                            "refused a join: {conflict}; this one is at {}",
+                            socket.display()
+                        );
+                        return Err((StatusCode::CONFLICT, conflict.to_string()));
+                    }
+                }
                 tracing::debug!("worker {worker_id} joined at {}", socket.display());
                 let _ = self.manager.send(LinkMsg::Joined {
                     id: worker_id,

@@ -200,7 +200,14 @@ async fn serve(
                     socket,
                     version,
                     ..
-                } => link_balancer.join(id, &socket, version),
+                } => {
+                    if let Err(conflict) = link_balancer.join(id, &socket, version) {
+                        tracing::warn!(
+                            "cannot restore worker {id} at {}: {conflict}",
+                            socket.display()
+                        );
+                    }
+                }
                 _ => {}
             }
         }

@@ -8,6 +8,13 @@
 //! requests. The async layer ([`super::balancer`]) owns the clock, the
 //! channels and the connections; this file owns every decision.
 //!
+//! A worker is the pair (id, socket): a join of a live id on another socket
+//! is refused, and a repeated join of the same pair changes nothing. Each
+//! checkout carries an [`Epoch`], and only the check-in (or retirement, or
+//! recycle) that carries the epoch of the worker's live checkout counts: a
+//! stale one — an exchange that outlived a re-join, say — changes nothing,
+//! so no worker is ever handed out while another request holds it.
+//!
 //! Generic over `C`, the kept-alive connection parked with an idle worker,
 //! and `W`, a queued waiter (a channel sender in production).
 
@@ -18,10 +25,14 @@ use std::time::{Duration, Instant};
 
 pub type WorkerId = u32;
 
+/// Which checkout of a worker: every checkout gets a new one.
+pub type Epoch = u64;
+
 /// A worker handed out for one request.
 #[derive(Debug)]
 pub struct Checkout<C> {
     pub id: WorkerId,
+    pub epoch: Epoch,
     pub socket: Arc<Path>,
     /// The connection parked with the worker, if one is open.
     pub conn: Option<C>,
@@ -68,6 +79,27 @@ pub enum Checkin {
     Retired,
     /// The worker had quit while busy and is now gone: its quit may return.
     Drained,
+    /// Not the worker's live checkout (an old epoch): nothing changed.
+    Stale,
+}
+
+/// A join that would replace a live worker by another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub id: WorkerId,
+    /// Where the live worker with that id listens.
+    pub socket: Arc<Path>,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "worker {} has joined already, at {}",
+            self.id,
+            self.socket.display()
+        )
+    }
 }
 
 /// What became of a request that found no idle worker.
@@ -79,21 +111,32 @@ pub enum Enqueue<W> {
     Full(W),
 }
 
+/// Where a worker is in its life in the pool. (Whether it has a request
+/// out is [`Slot::lease`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Takes requests.
+    Serving,
+    /// Its budget was used up (or its app asked to be recycled) at this
+    /// time. From then on it gets no requests — unless, [`SPENT_GRACE`]
+    /// later, the pool is still short of fresh workers: its replacement
+    /// cannot start (a broken deploy), and the old code keeps serving
+    /// rather than leave requests to queue and time out.
+    Spent(Instant),
+    /// Gets no further requests (abandoned, unreachable); its replacement
+    /// has been asked for.
+    Retired,
+    /// Quit or died while it had a request out: forgotten at its check-in.
+    Leaving,
+}
+
 #[derive(Debug)]
 struct Slot<C> {
     socket: Arc<Path>,
     version: Option<u64>,
-    busy: bool,
-    /// Gets no further requests (abandoned, unreachable).
-    retired: bool,
-    /// When its budget was used up (or its app asked to be recycled).
-    /// From then on it gets no requests — unless, [`SPENT_GRACE`] later, the
-    /// pool is still short of fresh workers: its replacement cannot start
-    /// (a broken deploy), and the old code keeps serving rather than leave
-    /// requests to queue and time out.
-    spent: Option<Instant>,
-    /// Quit or died while busy: forget it at check-in.
-    leaving: bool,
+    life: Life,
+    /// The epoch of the checkout out on this worker, if one is.
+    lease: Option<Epoch>,
     served: u64,
     /// Requests this worker serves before it is retired; 0 = no limit.
     budget: u64,
@@ -136,6 +179,7 @@ pub struct Pool<C, W> {
     /// The newest version any joined worker announced.
     newest: Option<u64>,
     next_key: u64,
+    next_epoch: Epoch,
 }
 
 impl<C, W> Pool<C, W> {
@@ -151,6 +195,7 @@ impl<C, W> Pool<C, W> {
             rng: 0x9E37_79B9_7F4A_7C15,
             newest: None,
             next_key: 0,
+            next_epoch: 0,
         }
     }
 
@@ -180,9 +225,12 @@ impl<C, W> Pool<C, W> {
         self.max_requests + draw % (self.jitter + 1)
     }
 
-    /// Adds (or re-adds) a worker. If requests are waiting, the oldest live
-    /// one gets it at once through `deliver`. A newer `version` than any
-    /// seen makes every older worker ineligible for new requests.
+    /// Adds a worker, or — for the same id and socket again — leaves it as
+    /// it is (a worker retrying its join, a replay after an LB restart).
+    /// If requests are waiting, the oldest live one gets it at once through
+    /// `deliver`. A newer `version` than any seen makes every older worker
+    /// ineligible for new requests; a worker without one is always current.
+    /// True if the worker is new (or back after a quit).
     pub fn join(
         &mut self,
         id: WorkerId,
@@ -190,22 +238,28 @@ impl<C, W> Pool<C, W> {
         version: Option<u64>,
         now: Instant,
         deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
-    ) {
-        if let Some(old) = self.slots.get(&id) {
-            if old.busy {
-                // A re-join while its old self is mid-request: the old
-                // exchange checks in to nothing, the new self starts clean.
-                self.slots.remove(&id);
-            } else {
-                self.forget(id);
+    ) -> Result<bool, Conflict> {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            if *slot.socket != *socket {
+                return Err(Conflict {
+                    id,
+                    socket: slot.socket.clone(),
+                });
             }
+            if slot.life != Life::Leaving {
+                return Ok(false);
+            }
+            // It quit while busy and says it is back: it serves again once
+            // its request is over.
+            slot.life = Life::Serving;
+            return Ok(true);
         }
         if let Some(v) = version {
             if self.newest.is_none_or(|n| v > n) {
                 self.newest = Some(v);
                 let slots = &self.slots;
                 self.idle
-                    .retain(|w| slots.get(w).is_some_and(|s| s.version >= Some(v)));
+                    .retain(|w| slots.get(w).is_some_and(|s| Self::current(Some(v), s)));
             }
         }
         let budget = self.draw_budget();
@@ -214,10 +268,8 @@ impl<C, W> Pool<C, W> {
             Slot {
                 socket: Arc::from(socket),
                 version,
-                busy: false,
-                retired: false,
-                spent: None,
-                leaving: false,
+                life: Life::Serving,
+                lease: None,
                 served: 0,
                 budget,
                 conn: None,
@@ -226,13 +278,18 @@ impl<C, W> Pool<C, W> {
         if self.eligible(id, now) {
             self.hand_over(id, now, deliver);
         }
+        Ok(true)
     }
 
     /// Removes a worker that quit or died. If it is mid-request it is
     /// forgotten when that request checks in.
     pub fn leave(&mut self, id: WorkerId) {
         match self.slots.get_mut(&id) {
-            Some(slot) if slot.busy => slot.leaving = true,
+            Some(slot) if slot.lease.is_some() => {
+                slot.life = Life::Leaving;
+                slot.conn = None;
+                self.idle.retain(|&w| w != id);
+            }
             Some(_) => self.forget(id),
             None => {}
         }
@@ -249,25 +306,41 @@ impl<C, W> Pool<C, W> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return false;
         };
-        if slot.retired || slot.leaving {
+        if matches!(slot.life, Life::Retired | Life::Leaving) {
             return false;
         }
-        slot.retired = true;
+        slot.life = Life::Retired;
         slot.conn = None;
         self.idle.retain(|&w| w != id);
         true
+    }
+
+    /// [`Pool::retire`], asked by the exchange holding checkout `epoch`;
+    /// nothing if that is not the worker's live checkout.
+    pub fn retire_lease(&mut self, id: WorkerId, epoch: Epoch) -> bool {
+        self.is_live(id, epoch) && self.retire(id)
     }
 
     /// Marks a worker as spent (its app asked to be recycled). Returns true
     /// the first time, when the manager should be asked for a replacement.
     pub fn spend(&mut self, id: WorkerId, now: Instant) -> bool {
         match self.slots.get_mut(&id) {
-            Some(slot) if slot.spent.is_none() && !slot.retired && !slot.leaving => {
-                slot.spent = Some(now);
+            Some(slot) if slot.life == Life::Serving => {
+                slot.life = Life::Spent(now);
                 true
             }
             _ => false,
         }
+    }
+
+    /// [`Pool::spend`], asked by the exchange holding checkout `epoch`.
+    pub fn spend_lease(&mut self, id: WorkerId, epoch: Epoch, now: Instant) -> bool {
+        self.is_live(id, epoch) && self.spend(id, now)
+    }
+
+    /// Whether `epoch` is the live checkout of worker `id`.
+    fn is_live(&self, id: WorkerId, epoch: Epoch) -> bool {
+        self.slots.get(&id).is_some_and(|s| s.lease == Some(epoch))
     }
 
     /// Takes the most recently freed eligible worker, if any — a fresh one
@@ -298,7 +371,7 @@ impl<C, W> Pool<C, W> {
         Some(self.check_out(id, now))
     }
 
-    /// Hands spent workers that may fill in now (see `Slot::spent`) to
+    /// Hands spent workers that may fill in now (see [`Life::Spent`]) to
     /// waiting requests; called now and then, since nothing else happens
     /// when a grace runs out.
     pub fn wake(
@@ -318,7 +391,9 @@ impl<C, W> Pool<C, W> {
     }
 
     fn is_spent(&self, id: WorkerId) -> bool {
-        self.slots.get(&id).is_some_and(|s| s.spent.is_some())
+        self.slots
+            .get(&id)
+            .is_some_and(|s| matches!(s.life, Life::Spent(_)))
     }
 
     fn stackable(&self, id: WorkerId) -> bool {
@@ -355,20 +430,24 @@ impl<C, W> Pool<C, W> {
         }
     }
 
-    /// Returns a worker after its exchange.
+    /// Returns a worker after the exchange of checkout `epoch`.
     pub fn checkin(
         &mut self,
         id: WorkerId,
+        epoch: Epoch,
         conn: Option<C>,
         outcome: Outcome,
         now: Instant,
         deliver: impl FnMut(W, Checkout<C>) -> Result<(), Checkout<C>>,
     ) -> Checkin {
         let Some(slot) = self.slots.get_mut(&id) else {
-            return Checkin::Done;
+            return Checkin::Stale;
         };
-        slot.busy = false;
-        if slot.leaving {
+        if slot.lease != Some(epoch) {
+            return Checkin::Stale;
+        }
+        slot.lease = None;
+        if slot.life == Life::Leaving {
             self.forget(id);
             return Checkin::Drained;
         }
@@ -379,7 +458,9 @@ impl<C, W> Pool<C, W> {
                 Checkin::Done
             };
         }
-        slot.conn = conn;
+        if slot.life != Life::Retired {
+            slot.conn = conn;
+        }
         if self.eligible(id, now) {
             if outcome == Outcome::Busy && self.queue.is_empty() {
                 self.idle.insert(0, id);
@@ -394,7 +475,7 @@ impl<C, W> Pool<C, W> {
 
     /// Whether `id` is registered and has a request in flight.
     pub fn in_flight(&self, id: WorkerId) -> bool {
-        self.slots.get(&id).is_some_and(|s| s.busy)
+        self.slots.get(&id).is_some_and(|s| s.lease.is_some())
     }
 
     /// Gives back a checkout that was never used (its waiter left just as
@@ -418,9 +499,9 @@ impl<C, W> Pool<C, W> {
         let workers = self
             .slots
             .values()
-            .filter(|s| !s.leaving && self.is_current(s))
+            .filter(|s| Self::serving(s) && self.is_current(s))
             .count();
-        let busy = self.slots.values().filter(|s| s.busy).count();
+        let busy = self.slots.values().filter(|s| s.lease.is_some()).count();
         Stats {
             workers,
             idle: self.idle.len(),
@@ -441,18 +522,25 @@ impl<C, W> Pool<C, W> {
         }
     }
 
+    /// Serving, or spent but not yet replaced.
+    fn serving(slot: &Slot<C>) -> bool {
+        matches!(slot.life, Life::Serving | Life::Spent(_))
+    }
+
     /// Free and serving: it may stay on the idle stack (a spent one too,
-    /// see `Slot::spent`).
+    /// see [`Life::Spent`]).
     fn free(newest: Option<u64>, slot: &Slot<C>) -> bool {
-        !slot.busy && !slot.retired && !slot.leaving && Self::current(newest, slot)
+        slot.lease.is_none() && Self::serving(slot) && Self::current(newest, slot)
     }
 
     /// Whether `id` may take a new request.
     fn eligible(&self, id: WorkerId, now: Instant) -> bool {
         self.slots.get(&id).is_some_and(|s| {
             Self::free(self.newest, s)
-                && s.spent
-                    .is_none_or(|t| now >= t + SPENT_GRACE && self.short_of_fresh())
+                && match s.life {
+                    Life::Spent(t) => now >= t + SPENT_GRACE && self.short_of_fresh(),
+                    _ => true,
+                }
         })
     }
 
@@ -462,27 +550,31 @@ impl<C, W> Pool<C, W> {
         let fresh = self
             .slots
             .values()
-            .filter(|s| s.spent.is_none() && !s.retired && !s.leaving && self.is_current(s))
+            .filter(|s| s.life == Life::Serving && self.is_current(s))
             .count();
         fresh < self.expected
     }
 
     fn check_out(&mut self, id: WorkerId, now: Instant) -> Checkout<C> {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
         let slot = self
             .slots
             .get_mut(&id)
             .expect("check_out is only called for an eligible worker");
-        slot.busy = true;
+        debug_assert!(slot.lease.is_none(), "worker {id} checked out twice");
+        slot.lease = Some(epoch);
         slot.served += 1;
         let limited = slot.budget > 0;
         let replace = limited && slot.served == replace_at(slot.budget);
         // (A spent worker filling in stays spent since it first was.)
-        let last = limited && slot.served >= slot.budget && slot.spent.is_none();
+        let last = limited && slot.served >= slot.budget && slot.life == Life::Serving;
         if last {
-            slot.spent = Some(now);
+            slot.life = Life::Spent(now);
         }
         Checkout {
             id,
+            epoch,
             socket: slot.socket.clone(),
             conn: slot.conn.take(),
             replace,
@@ -495,17 +587,25 @@ impl<C, W> Pool<C, W> {
     fn undo(&mut self, checkout: Checkout<C>) -> Option<WorkerId> {
         let id = checkout.id;
         let slot = self.slots.get_mut(&id)?;
-        slot.busy = false;
-        slot.served -= 1;
-        if checkout.last {
-            slot.spent = None;
-        }
-        slot.conn = checkout.conn;
-        if slot.leaving {
-            self.forget(id);
+        if slot.lease != Some(checkout.epoch) {
             return None;
         }
-        Some(id)
+        slot.lease = None;
+        slot.served -= 1;
+        if checkout.last && matches!(slot.life, Life::Spent(_)) {
+            slot.life = Life::Serving;
+        }
+        match slot.life {
+            Life::Leaving => {
+                self.forget(id);
+                None
+            }
+            Life::Retired => None,
+            _ => {
+                slot.conn = checkout.conn;
+                Some(id)
+            }
+        }
     }
 
     /// Hands an eligible, unstacked worker to the oldest waiter whose
@@ -538,6 +638,10 @@ impl<C, W> Pool<C, W> {
 }
 
 #[cfg(test)]
+#[path = "pool_model_tests.rs"]
+mod model_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -564,7 +668,8 @@ mod tests {
                 got.push((w, c.id));
                 Ok(())
             },
-        );
+        )
+        .expect("no conflict");
         got
     }
 
@@ -575,11 +680,16 @@ mod tests {
         now: Instant,
     ) -> (bool, Vec<(&'static str, WorkerId)>) {
         let mut got = Vec::new();
-        let checkin = p.checkin(id, Some("conn"), outcome, now, |w, c| {
+        let checkin = p.checkin(id, live(p, id), Some("conn"), outcome, now, |w, c| {
             got.push((w, c.id));
             Ok(())
         });
         (checkin == Checkin::Retired, got)
+    }
+
+    /// The epoch of worker `id`'s live checkout.
+    fn live(p: &TestPool, id: WorkerId) -> Epoch {
+        p.slots[&id].lease.expect("checked out")
     }
 
     fn take(p: &mut TestPool) -> Option<WorkerId> {
@@ -693,7 +803,7 @@ mod tests {
         p.enqueue("dropped", now + Duration::from_secs(1));
         p.enqueue("alive", now + Duration::from_secs(1));
         let mut got = Vec::new();
-        p.checkin(0, None, Outcome::Done, now, |w, c| {
+        p.checkin(0, live(&p, 0), None, Outcome::Done, now, |w, c| {
             if w == "dropped" {
                 Err(c)
             } else {
@@ -891,7 +1001,7 @@ mod tests {
         assert_eq!(p.stats().workers, 0);
         assert!(p.in_flight(0), "it finishes its request first");
         p.enqueue("w", now + Duration::from_secs(1));
-        let drained = p.checkin(0, None, Outcome::Done, now, |_, c| Err(c));
+        let drained = p.checkin(0, live(&p, 0), None, Outcome::Done, now, |_, c| Err(c));
         assert_eq!(drained, Checkin::Drained);
         assert!(!p.in_flight(0));
         assert_eq!(take(&mut p), None);
@@ -910,7 +1020,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rejoin_replaces_the_old_entry() {
+    fn a_repeated_join_changes_nothing() {
         let now = Instant::now();
         let mut p = pool(8, 0);
         join(&mut p, 0, None, now);
@@ -918,5 +1028,76 @@ mod tests {
         assert_eq!(p.stats().idle, 1);
         assert_eq!(take(&mut p), Some(0));
         assert_eq!(take(&mut p), None);
+    }
+
+    #[test]
+    fn a_rejoin_while_busy_never_hands_the_worker_out_twice() {
+        // The worker's join was retried after a slow answer (or replayed
+        // after an LB restart) while its first request is out.
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        let first = p.checkout(now).expect("worker");
+        join(&mut p, 0, None, now);
+        assert_eq!(take(&mut p), None, "handed out while busy");
+        // The first request ends: the worker is free again, once.
+        let checkin = p.checkin(0, first.epoch, None, Outcome::Done, now, |_, c| Err(c));
+        assert_eq!(checkin, Checkin::Done);
+        let second = p.checkout(now).expect("free again");
+        assert_eq!(take(&mut p), None);
+        // A late report from the first exchange changes nothing.
+        let late = p.checkin(0, first.epoch, None, Outcome::Done, now, |_, c| Err(c));
+        assert_eq!(late, Checkin::Stale);
+        assert!(!p.retire_lease(0, first.epoch), "a stale lease retired it");
+        assert_eq!(take(&mut p), None, "a stale check-in freed a busy worker");
+        assert!(p.in_flight(0));
+        p.checkin(0, second.epoch, None, Outcome::Done, now, |_, c| Err(c));
+        assert_eq!(take(&mut p), Some(0));
+    }
+
+    #[test]
+    fn a_join_of_a_live_id_on_another_socket_is_refused() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        let foreign = p.join(0, Path::new("/tmp/foreign.sock"), None, now, |_, c| Err(c));
+        let conflict = foreign.expect_err("replaced a live worker");
+        assert_eq!(&*conflict.socket, Path::new("/tmp/p.0.sock"));
+        assert_eq!(
+            conflict.to_string(),
+            "worker 0 has joined already, at /tmp/p.0.sock"
+        );
+        let c = p.checkout(now).expect("ours still serves");
+        assert_eq!(&*c.socket, Path::new("/tmp/p.0.sock"));
+        assert_eq!(p.stats().workers, 1);
+    }
+
+    #[test]
+    fn a_worker_without_a_version_stays_current_through_rolling_restarts() {
+        // As the protocol says: no version means current, everywhere.
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        join(&mut p, 1, Some(1), now);
+        join(&mut p, 2, Some(2), now);
+        let mut got: Vec<_> = (0..3).map(|_| take(&mut p)).collect();
+        got.sort();
+        assert_eq!(got, vec![None, Some(0), Some(2)]);
+        assert_eq!(p.stats().workers, 2);
+    }
+
+    #[test]
+    fn a_retired_worker_is_not_counted() {
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 0, None, now);
+        join(&mut p, 1, None, now);
+        assert_eq!(take(&mut p), Some(1));
+        checkin(&mut p, 1, Outcome::Abandoned, now);
+        assert_eq!(
+            p.stats().workers,
+            1,
+            "/status counts a worker that cannot serve"
+        );
     }
 }

@@ -151,7 +151,9 @@ impl Harness {
         let (tx, retired) = mpsc::unbounded_channel();
         let scheduler = Arc::new(Scheduler::new(Pool::new(8, 0), LIMITS.queue, tx));
         for id in 0..3 {
-            scheduler.join(id, Path::new(&format!("/tmp/model.{id}.sock")), None);
+            scheduler
+                .join(id, Path::new(&format!("/tmp/model.{id}.sock")), None)
+                .unwrap();
         }
         Harness { scheduler, retired }
     }

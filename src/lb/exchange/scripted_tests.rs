@@ -66,7 +66,7 @@ impl Rig {
         for id in 0..settings.workers {
             let path: PathBuf = dir.path().join(format!("app.{id}.sock"));
             apps.push(Some(UnixListener::bind(&path).unwrap()));
-            balancer.join(id as u32, &path, None);
+            balancer.join(id as u32, &path, None).unwrap();
         }
         let proxy = Proxy {
             balancer,
