@@ -1,4 +1,4 @@
-//! The command-line grammar (DESIGN §2) and the argv of the hidden roles.
+//! The command-line grammar (docs/DESIGN.md §2) and the argv of the hidden roles.
 //!
 //! The public form is `rip-server <app> [http:<port>] [w:<N|auto>] [r:<N>]
 //! [--flag[=value] ...]`. The manager, LB and workers are the same binary
@@ -107,7 +107,7 @@ pub struct Options {
     )]
     pub queue_timeout_ms: u64,
 
-    /// Limit for connecting to a worker's socket
+    /// Accepted for compatibility with the original; a connect to a worker's unix socket never waits (it succeeds, or fails at once and the next worker is tried)
     #[arg(
         long,
         env = "RIP_CONNECT_TIMEOUT_MS",

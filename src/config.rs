@@ -13,7 +13,7 @@ use crate::apps::App;
 use crate::cli::Options;
 use crate::paths::Paths;
 
-/// The `--hot-reload` modes (DESIGN §7).
+/// The `--hot-reload` modes (docs/DESIGN.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HotReload {
     None,
@@ -96,7 +96,7 @@ pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 const DEFAULT_PORT: u16 = 5002;
 const DEFAULT_MAX_REQUESTS: u64 = 10_000;
 
-/// The tokens after the app path (DESIGN §2).
+/// The tokens after the app path (docs/DESIGN.md §2).
 #[derive(Debug, Default)]
 struct Tokens {
     app: Option<String>,

@@ -1,4 +1,4 @@
-//! The join/quit protocol of the control socket (DESIGN §4), both sides.
+//! The join/quit protocol of the control socket (docs/DESIGN.md §4), both sides.
 //!
 //! Wire-compatible with the original Bun server2: a worker `POST`s
 //! `{"op":"join","workerId":3,"pid":4242,"socket":"/tmp/p.3.sock","version":7}`

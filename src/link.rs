@@ -1,4 +1,4 @@
-//! The private channel between the manager and the load balancer (DESIGN §3).
+//! The private channel between the manager and the load balancer (docs/DESIGN.md §3).
 //!
 //! An inherited unix socketpair carrying one JSON object per line. The LB
 //! tells the manager which workers joined or left and which to retire; the

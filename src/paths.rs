@@ -1,4 +1,4 @@
-//! Socket and pid-file paths (DESIGN §4) and their safety checks.
+//! Socket and pid-file paths (docs/DESIGN.md §4) and their safety checks.
 //!
 //! Everything lives in the socket dir under one prefix:
 //! `<prefix>.ctl.sock`, `<prefix>.<id>.sock`, `<prefix>.pid`, plus the

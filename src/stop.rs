@@ -1,4 +1,4 @@
-//! `rip-server --stop [<app>]` (DESIGN §8), and the check both it and the
+//! `rip-server --stop [<app>]` (docs/DESIGN.md §8), and the check both it and the
 //! front make: is the pid in a pid file really a running rip-server manager
 //! of this user, for this prefix? Processes are never matched by name.
 

@@ -1,4 +1,4 @@
-//! Apps (DESIGN §6): module apps under Node and Bun through the loader, a
+//! Apps (docs/DESIGN.md §6): module apps under Node and Bun through the loader, a
 //! command app in Python, what the loader answers on a worker socket, and
 //! app output marked with the worker id.
 

@@ -1,4 +1,4 @@
-//! The command line (DESIGN §2): bad input exits 2 with one line naming the
+//! The command line (docs/DESIGN.md §2): bad input exits 2 with one line naming the
 //! problem, before any process is spawned; `--help` and `--version`.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design

@@ -1,4 +1,4 @@
-//! The control socket (DESIGN §4): the join/quit protocol, wire-compatible
+//! The control socket (docs/DESIGN.md §4): the join/quit protocol, wire-compatible
 //! with the original, its refusals, versions, and who may use it.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design

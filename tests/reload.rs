@@ -1,4 +1,4 @@
-//! Hot reload (DESIGN §7): module reloads in place, rolling restarts on a
+//! Hot reload (docs/DESIGN.md §7): module reloads in place, rolling restarts on a
 //! change (process mode, and files other than the entry in module mode),
 //! SIGHUP, and `none` — all without failing a request under load.
 

@@ -1,4 +1,4 @@
-//! The server end to end (DESIGN §3, §5): processes, the load balancer's
+//! The server end to end (docs/DESIGN.md §3, §5): processes, the load balancer's
 //! routes, queueing, timeouts, retries, header and body handling, the
 //! access log, and the graceful stop. Built-in apps need no runtime; the
 //! probe app (`tests/apps/probe`) is a threaded Python server that would

@@ -1,4 +1,4 @@
-//! Supervision (DESIGN §3, §8): crash restarts with backoff, boot timeout,
+//! Supervision (docs/DESIGN.md §3, §8): crash restarts with backoff, boot timeout,
 //! recycling without failed requests, LB restarts, no orphans, `--stop`,
 //! one server per prefix, and the signals.
 

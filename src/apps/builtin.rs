@@ -1,4 +1,4 @@
-//! Built-in apps, served by the worker process itself (DESIGN §6): no
+//! Built-in apps, served by the worker process itself (docs/DESIGN.md §6): no
 //! runtime needed, so the server's own overhead can be measured and a quick
 //! start needs nothing but the binary.
 //!

@@ -1,4 +1,4 @@
-//! What an app is and how it is found (DESIGN §2, §6).
+//! What an app is and how it is found (docs/DESIGN.md §2, §6).
 //!
 //! [`App::resolve`] turns the `<app-path>` argument into an [`App`]: a module
 //! run by Bun or Node through the [`LOADER`], a command app (any executable

@@ -1,4 +1,4 @@
-//! The access log (DESIGN §5): one line per request on stdout, human or JSON.
+//! The access log (docs/DESIGN.md §5): one line per request on stdout, human or JSON.
 //!
 //! Lines are formatted straight into a shared buffer (no allocation per
 //! request) and a writer thread flushes it every few milliseconds, so the
@@ -223,7 +223,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// Seconds as three characters and an SI prefix, as DESIGN §5 shows them:
+/// Seconds as three characters and an SI prefix, as docs/DESIGN.md §5 shows them:
 /// `  0 s`, ` 52µs`, `1.5ms`, `2.0 s` (the original switched units at 0.05,
 /// printing 52µs as `0.1ms`).
 fn write_scaled(out: &mut Vec<u8>, seconds: f64) -> std::io::Result<()> {

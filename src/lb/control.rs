@@ -1,4 +1,4 @@
-//! The LB's side of the control socket (DESIGN §4): workers join and quit.
+//! The LB's side of the control socket (docs/DESIGN.md §4): workers join and quit.
 //!
 //! Only processes of this user may connect (checked with the peer's
 //! credentials), a joining worker's socket must lie in the socket dir, and

@@ -1,4 +1,4 @@
-//! The load balancer role (DESIGN §5): the public HTTP server, the control
+//! The load balancer role (docs/DESIGN.md §5): the public HTTP server, the control
 //! socket, and the scheduling of requests onto workers.
 //!
 //! - [`pool`]: the scheduling core (LIFO idle stack, FIFO queue, deadlines).
@@ -58,7 +58,7 @@ pub fn run(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failu
     let descriptors = raise_open_files_limit();
     // One thread by default: on 2 cores shared with the apps (and a load
     // generator), a second runtime thread costs more in cross-thread
-    // wake-ups than it gains (PERF-NOTES; README "Performance").
+    // wake-ups than it gains (measured: c=64 at 1.21× HAProxy with one thread, 1.11× with two; README "Performance").
     let mut builder = if config.lb_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

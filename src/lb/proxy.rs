@@ -1,14 +1,12 @@
-//! One request through the LB: pick a worker, forward the request over the
-//! worker's kept-alive connection, relay the response, and free the worker
-//! when its response has been passed on (DESIGN §5).
+//! One request through the LB: the I/O of an [`Exchange`]. Pick a worker,
+//! forward the request over the worker's kept-alive connection, relay the
+//! response, and free the worker once the app's response has been read to
+//! its end (docs/DESIGN.md §5.3).
 //!
 //! The request body streams to the worker while the response streams back,
-//! in one task, each through a bounded buffer. A request is sent to another
-//! worker only when no app can have seen it: the worker's socket could not
-//! be reached or refused the bytes, or the app answered busy
-//! (`Rip-Worker-Busy`) to a bodiless request. Anything else that goes wrong
-//! once the request is out is answered here (`502`, `504`) and the worker
-//! is retired: its app may still be busy with the request.
+//! in one task, each through a bounded buffer. What may follow what — a
+//! retry, a release, a retirement — is the exchange's to decide
+//! (`lb::exchange`): this file reports what the sockets did.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;

@@ -1,4 +1,4 @@
-//! The manager role: supervises one load balancer and N workers (DESIGN §3, §8).
+//! The manager role: supervises one load balancer and N workers (docs/DESIGN.md §3, §8).
 //!
 //! It owns the public listener (inherited from the front) and hands it to
 //! each LB it starts, with one end of a private socketpair ([`crate::link`]).

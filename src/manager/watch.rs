@@ -1,4 +1,4 @@
-//! The app watcher (DESIGN §7): one watcher over the app's directory tree
+//! The app watcher (docs/DESIGN.md §7): one watcher over the app's directory tree
 //! whose changes, debounced into one batch, drive a rolling restart.
 //!
 //! Each directory gets its own (non-recursive) inotify watch, so that

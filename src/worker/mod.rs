@@ -1,4 +1,4 @@
-//! The worker role (DESIGN §6): one app process, joined to the LB while it
+//! The worker role (docs/DESIGN.md §6): one app process, joined to the LB while it
 //! serves, watched until it exits or the worker is told to stop.
 //!
 //! The worker is not on the data path: the LB talks straight to the socket
@@ -58,7 +58,7 @@ async fn serve(config: Config, id: WorkerId, version: u64) -> Result<(), Failure
         error!("{why}");
         return finish(app, &config, &socket, Err(Failure::Silent(1))).await;
     }
-    // Worker sockets are private (DESIGN §4), whatever the app's umask made.
+    // Worker sockets are private (docs/DESIGN.md §4), whatever the app's umask made.
     if let Err(why) = make_private(&socket) {
         error!("{why}");
         return finish(app, &config, &socket, Err(Failure::Silent(1))).await;
