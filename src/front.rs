@@ -42,6 +42,8 @@ pub fn run(mut config: Config) -> Result<(), Failure> {
         "manager".to_string(),
         format!("--listen-fd={}", listener.as_raw_fd()),
     ];
+    // exec replaces the process: what it logged goes out first.
+    crate::output::flush(std::time::Duration::from_millis(500));
     let err = std::process::Command::new("/proc/self/exe")
         .arg0("rip-server")
         .args(cli::role_args(&role, &config))

@@ -19,6 +19,8 @@
 //! - [`front`], [`manager`], [`lb`], [`worker`]: the roles.
 //! - [`apps`]: app resolution, the module loader and the built-in apps.
 //! - [`http`]: small HTTP pieces shared by the roles (bodies, clients).
+//! - [`output`]: stdout and stderr through bounded buffers: output never
+//!   stops the server.
 
 pub mod apps;
 pub mod cli;
@@ -29,6 +31,7 @@ pub mod http;
 pub mod lb;
 pub mod link;
 pub mod manager;
+pub mod output;
 pub mod paths;
 pub mod spawn;
 pub mod stop;
@@ -39,14 +42,28 @@ use std::process::ExitCode;
 
 /// Runs the process in the role its argv names and returns its exit status.
 pub fn run(argv: Vec<OsString>) -> ExitCode {
+    let code = run_role(argv);
+    // What the role logged goes out before it exits (unless its stream is
+    // stuck: then not for long).
+    output::flush(std::time::Duration::from_millis(500));
+    code
+}
+
+/// Says `message` on a stream of the process's own (never failing: a
+/// closed stream loses it).
+fn say(mut stream: impl std::io::Write, message: std::fmt::Arguments<'_>) {
+    let _ = stream.write_fmt(message).and_then(|()| stream.flush());
+}
+
+fn run_role(argv: Vec<OsString>) -> ExitCode {
     let invocation = match cli::parse(argv) {
         Ok(invocation) => invocation,
         Err(cli::ParseOutcome::Exit(message, code)) => {
-            print!("{message}");
+            say(std::io::stdout(), format_args!("{message}"));
             return ExitCode::from(code);
         }
         Err(cli::ParseOutcome::Usage(message)) => {
-            eprintln!("rip-server: {message}");
+            say(std::io::stderr(), format_args!("rip-server: {message}\n"));
             return ExitCode::from(2);
         }
     };
@@ -69,11 +86,11 @@ pub fn run(argv: Vec<OsString>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
-            eprintln!("rip-server: {message}");
+            output::STDERR.line(format!("rip-server: {message}").as_bytes());
             ExitCode::from(2)
         }
         Err(Failure::Fatal(message)) => {
-            eprintln!("rip-server: {message}");
+            output::STDERR.line(format!("rip-server: {message}").as_bytes());
             ExitCode::from(1)
         }
         Err(Failure::Silent(code)) => ExitCode::from(code),
@@ -108,7 +125,7 @@ fn init_tracing(invocation: &cli::Invocation) {
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(output::LogWriter)
         .with_target(false)
         .event_format(LineFormat { role })
         .try_init();

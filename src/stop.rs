@@ -65,7 +65,7 @@ pub fn run(target: StopTarget) -> Result<(), Failure> {
             StopTarget::App(config) => format!("for {}", config.app.name),
             StopTarget::All(dir) => format!("in {}", dir.display()),
         };
-        println!("rip-server: no running server {which}");
+        crate::output::STDOUT.line(format!("rip-server: no running server {which}").as_bytes());
         return Ok(());
     }
     for (pid, _) in &found {
@@ -83,7 +83,8 @@ pub fn run(target: StopTarget) -> Result<(), Failure> {
         if Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(*pid) {
             failed.push(format!("{prefix} (pid {pid})"));
         } else {
-            println!("rip-server: stopped {prefix} (pid {pid})");
+            crate::output::STDOUT
+                .line(format!("rip-server: stopped {prefix} (pid {pid})").as_bytes());
         }
     }
     if failed.is_empty() {

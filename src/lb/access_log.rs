@@ -1,24 +1,19 @@
-//! The access log (docs/DESIGN.md §5): one line per request on stdout, human or JSON.
+//! The access log (docs/DESIGN.md §5.8): one line per request on stdout, human or JSON.
 //!
-//! Lines are formatted straight into a shared buffer (no allocation per
-//! request) and a writer thread flushes it every few milliseconds, so the
-//! request path never blocks on stdout. If stdout cannot keep up, the
-//! buffer is capped and lines are dropped (and counted) rather than memory
-//! growing or the LB stalling.
+//! Lines are formatted straight into the stdout sink's buffer (no
+//! allocation per request, `crate::output`), whose own thread writes them
+//! out, so the request path never blocks on stdout. If stdout cannot keep
+//! up, lines are dropped (and counted) rather than memory growing or the
+//! LB stalling.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::Method;
 
 use crate::config::AccessLog as Format;
-
-/// The buffer size past which lines are dropped.
-const MAX_BUFFER: usize = 4 << 20;
-/// How often the writer thread flushes.
-const FLUSH_EVERY: Duration = Duration::from_millis(20);
+use crate::output::STDOUT;
 
 /// One request, as the log line describes it.
 pub struct Entry<'a> {
@@ -39,30 +34,19 @@ pub struct AccessLog {
 struct Shared {
     format: Format,
     app: String,
-    buffer: Mutex<Vec<u8>>,
-    wake: Condvar,
-    dropped: AtomicU64,
 }
 
 impl AccessLog {
-    /// Starts the writer thread (none when the log is off).
+    /// An access log in `format` (nothing when it is off).
     pub fn start(format: Format, app: &str) -> AccessLog {
         if format == Format::Off {
             return AccessLog { inner: None };
         }
-        let shared = Arc::new(Shared {
-            format,
-            app: app.to_string(),
-            buffer: Mutex::new(Vec::with_capacity(64 * 1024)),
-            wake: Condvar::new(),
-            dropped: AtomicU64::new(0),
-        });
-        let writer = shared.clone();
-        let _ = std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || writer.run());
         AccessLog {
-            inner: Some(shared),
+            inner: Some(Arc::new(Shared {
+                format,
+                app: app.to_string(),
+            })),
         }
     }
 
@@ -74,55 +58,18 @@ impl AccessLog {
         let Some(shared) = &self.inner else {
             return;
         };
-        let mut buffer = shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        if buffer.len() >= MAX_BUFFER {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         let now = SystemTime::now();
-        let _ = match shared.format {
-            Format::Json => write_json(&mut buffer, &shared.app, now, entry),
-            _ => write_human(&mut buffer, now, entry),
-        };
+        STDOUT.append(|buffer| {
+            let _ = match shared.format {
+                Format::Json => write_json(buffer, &shared.app, now, entry),
+                _ => write_human(buffer, now, entry),
+            };
+        });
     }
 
     /// Writes out what is buffered (at shutdown).
     pub fn flush(&self) {
-        if let Some(shared) = &self.inner {
-            shared.write_out();
-        }
-    }
-}
-
-impl Shared {
-    fn run(&self) {
-        loop {
-            {
-                let buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = self.wake.wait_timeout(buffer, FLUSH_EVERY);
-            }
-            self.write_out();
-        }
-    }
-
-    fn write_out(&self) {
-        let pending = {
-            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-            if buffer.is_empty() {
-                return;
-            }
-            std::mem::replace(&mut *buffer, Vec::with_capacity(64 * 1024))
-        };
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&pending);
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            let _ = writeln!(
-                out,
-                "rip-server: {dropped} access log lines dropped (stdout too slow)"
-            );
-        }
-        let _ = out.flush();
+        crate::output::flush(Duration::from_secs(1));
     }
 }
 

@@ -1,7 +1,6 @@
 //! The manager's event loop: processes, their lifecycles, and the stop.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -175,9 +174,7 @@ impl Supervisor {
             ip => ip.to_string(),
         };
         let plural = if c.workers == 1 { "" } else { "s" };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
+        let line = format!(
             "rip-server: serving {} ({}) on http://{host}:{} with {} worker{plural} (pid {})",
             c.app.name,
             c.app.describe(),
@@ -185,7 +182,7 @@ impl Supervisor {
             c.workers,
             std::process::id()
         );
-        let _ = out.flush();
+        crate::output::STDOUT.line(line.as_bytes());
     }
 
     /// Watches the app's directory when a reload mode asks for it.

@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::apps::{builtin, AppKind};
 use crate::config::Config;
 use crate::lb::pool::WorkerId;
-use crate::{http, spawn, Failure};
+use crate::{http, output, spawn, Failure};
 
 // One per worker process, made once: its size does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -170,28 +170,55 @@ pub async fn wait_ready(
     }
 }
 
-/// Copies the app's output line by line to ours, marked with the worker id.
+/// Copies the app's output line by line to ours, marked with the worker id,
+/// through the process's output sinks (`crate::output`): a stream that is
+/// full or closed loses lines, and never blocks this task. A line longer
+/// than `output::MAX_LINE` is cut into pieces of that size.
 async fn forward_lines(pipe: impl AsyncRead + Unpin, id: WorkerId, to_stderr: bool) {
-    use std::io::Write;
+    let sink = if to_stderr {
+        &output::STDERR
+    } else {
+        &output::STDOUT
+    };
     let mut reader = BufReader::new(pipe);
-    let mut line = Vec::with_capacity(256);
     let tag = format!("[worker {id}] ");
+    let mut line = Vec::with_capacity(256);
     loop {
-        line.clear();
-        line.extend_from_slice(tag.as_bytes());
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if line.last() != Some(&b'\n') {
-                    line.push(b'\n');
+        let (done, used) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => {
+                if !line.is_empty() {
+                    emit(sink, &tag, &line);
                 }
-                // One write per line keeps lines whole among other writers.
-                let _ = if to_stderr {
-                    std::io::stderr().lock().write_all(&line)
-                } else {
-                    std::io::stdout().lock().write_all(&line)
-                };
+                return;
             }
+            Ok(bytes) => {
+                let room = output::MAX_LINE - line.len();
+                match bytes.iter().take(room).position(|&b| b == b'\n') {
+                    Some(end) => {
+                        line.extend_from_slice(&bytes[..end]);
+                        (true, end + 1)
+                    }
+                    None => {
+                        let n = bytes.len().min(room);
+                        line.extend_from_slice(&bytes[..n]);
+                        (line.len() >= output::MAX_LINE, n)
+                    }
+                }
+            }
+        };
+        reader.consume(used);
+        if done {
+            emit(sink, &tag, &line);
+            line.clear();
         }
     }
+}
+
+/// One forwarded line, whole, in one append.
+fn emit(sink: &'static output::Sink, tag: &str, line: &[u8]) {
+    sink.append(|buffer| {
+        buffer.extend_from_slice(tag.as_bytes());
+        buffer.extend_from_slice(line);
+        buffer.push(b'\n');
+    });
 }

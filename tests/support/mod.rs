@@ -343,7 +343,7 @@ impl Drop for Server {
     }
 }
 
-fn parse_port(stdout: &str) -> Option<u16> {
+pub fn parse_port(stdout: &str) -> Option<u16> {
     let line = stdout
         .lines()
         .find(|l| l.starts_with("rip-server: serving"))?;
