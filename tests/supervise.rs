@@ -100,6 +100,27 @@ fn an_app_that_never_gets_ready_times_out_and_is_restarted() {
     });
 }
 
+#[test]
+fn a_worker_that_hangs_before_it_is_ready_is_killed_and_replaced() {
+    // The worker enforces the boot timeout itself; one that cannot (it
+    // hangs: here, stopped) is killed by the manager a little later.
+    let dir = socket_dir();
+    write_app(dir.path(), "app", "#!/bin/sh\nexec sleep 60\n", true);
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:1", "--boot-timeout-ms=300"]);
+    let worker = eventually("worker 0", || {
+        server
+            .children()
+            .into_iter()
+            .find(|(_, argv)| argv.get(1).is_some_and(|a| a == "worker") && argv[2] == "0")
+            .map(|(pid, _)| pid)
+    });
+    kill(Pid::from_raw(worker as i32), Signal::SIGSTOP).unwrap();
+    server.wait_output("worker 0 did not get ready in time");
+    eventually("worker 0 gone", || (!alive(worker)).then_some(()));
+    // It counts as a crash: the slot is refilled after its backoff.
+    server.wait_output("[worker 1] error: app did not become ready");
+}
+
 fn recycling_under_load_fails_no_request(runtime_name: &str) {
     runtime(runtime_name);
     let server = Server::start(&[

@@ -56,8 +56,10 @@ impl Backoff {
 /// Where a worker process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Started, not yet joined to the LB.
-    Starting,
+    /// Started, not yet joined to the LB; killed (a crash) if still so at
+    /// `deadline` (the worker enforces the boot timeout itself: this is for
+    /// one that hangs).
+    Starting { deadline: Instant },
     /// Joined: serving.
     Ready,
     /// Gets no new requests; stopped once its replacement has joined.
@@ -285,7 +287,7 @@ impl Supervisor {
                 let Some(worker) = self.workers.get_mut(&id) else {
                     return; // a worker we did not start (e.g. an external one)
                 };
-                if worker.state == State::Starting {
+                if let State::Starting { .. } = worker.state {
                     worker.state = State::Ready;
                 }
                 worker.joined_at = Some(Instant::now());
@@ -326,7 +328,7 @@ impl Supervisor {
             }
             LinkMsg::Retire { id } => {
                 if let Some(worker) = self.workers.get_mut(&id) {
-                    if matches!(worker.state, State::Starting | State::Ready) {
+                    if matches!(worker.state, State::Starting { .. } | State::Ready) {
                         worker.state = State::Retiring;
                         self.reconcile();
                     }
@@ -387,7 +389,7 @@ impl Supervisor {
     fn active(&self) -> usize {
         self.workers
             .values()
-            .filter(|w| matches!(w.state, State::Starting | State::Ready))
+            .filter(|w| matches!(w.state, State::Starting { .. } | State::Ready))
             .count()
     }
 
@@ -395,7 +397,7 @@ impl Supervisor {
     fn slot_filled(&self, slot: usize) -> bool {
         self.workers
             .values()
-            .any(|w| w.slot == slot && matches!(w.state, State::Starting | State::Ready))
+            .any(|w| w.slot == slot && matches!(w.state, State::Starting { .. } | State::Ready))
     }
 
     /// Fills every empty slot whose backoff has run out. (A slot whose
@@ -446,7 +448,7 @@ impl Supervisor {
             slot.respawn_at = None;
         }
         for worker in self.workers.values_mut() {
-            if matches!(worker.state, State::Starting | State::Ready) {
+            if matches!(worker.state, State::Starting { .. } | State::Ready) {
                 worker.state = State::Retiring;
             }
         }
@@ -473,7 +475,9 @@ impl Supervisor {
                         slot,
                         pid,
                         version,
-                        state: State::Starting,
+                        state: State::Starting {
+                            deadline: Instant::now() + self.config.boot_timeout + KILL_GRACE * 2,
+                        },
                         joined_at: None,
                     },
                 );
@@ -504,15 +508,21 @@ impl Supervisor {
         }
     }
 
-    /// Kills workers that outlived their stop deadline.
+    /// Kills workers that outlived their stop deadline, or hang before
+    /// they are ready (that exit then counts as a crash).
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
         for (id, worker) in &self.workers {
-            if let State::Stopping { deadline } = worker.state {
-                if now >= deadline {
+            match worker.state {
+                State::Stopping { deadline } if now >= deadline => {
                     warn!("worker {id} did not stop in time; killing it");
                     spawn::signal_group(worker.pid, Signal::SIGKILL);
                 }
+                State::Starting { deadline } if now >= deadline => {
+                    warn!("worker {id} did not get ready in time (--boot-timeout-ms); killing it");
+                    spawn::signal_group(worker.pid, Signal::SIGKILL);
+                }
+                _ => {}
             }
         }
     }
@@ -578,13 +588,8 @@ impl Supervisor {
             }
         });
         // A restarted LB learns the workers that had joined its predecessor.
-        for (&id, joined) in &self.joined {
-            let _ = link_tx.send(LinkMsg::Rejoin {
-                id,
-                pid: joined.pid,
-                socket: joined.socket.clone(),
-                version: joined.version,
-            });
+        for msg in replay(&self.joined, &self.workers) {
+            let _ = link_tx.send(msg);
         }
         self.lb = Some(Lb {
             pid,
@@ -693,6 +698,31 @@ impl Supervisor {
     }
 }
 
+/// What a restarted LB is told of the workers that had joined its
+/// predecessor: only those that may serve. A worker on its way out
+/// (retiring: recycled, reloaded, or retired because its app may be busy
+/// with an abandoned request; stopping) is left out, so it gets no request
+/// again. Workers we did not start (external ones) are replayed as joined.
+fn replay(
+    joined: &BTreeMap<WorkerId, Joined>,
+    workers: &BTreeMap<WorkerId, Worker>,
+) -> Vec<LinkMsg> {
+    joined
+        .iter()
+        .filter(|(id, _)| {
+            workers
+                .get(id)
+                .is_none_or(|w| matches!(w.state, State::Ready | State::Starting { .. }))
+        })
+        .map(|(&id, joined)| LinkMsg::Rejoin {
+            id,
+            pid: joined.pid,
+            socket: joined.socket.clone(),
+            version: joined.version,
+        })
+        .collect()
+}
+
 /// The next batch of changes, or never when nothing is watched.
 async fn next_change(
     watch: &mut Option<(watch::Watch, mpsc::Receiver<Vec<PathBuf>>)>,
@@ -710,6 +740,48 @@ fn signal_failure(e: std::io::Error) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restarted_lb_is_told_only_of_workers_that_may_serve() {
+        let now = Instant::now();
+        let worker = |state| Worker {
+            slot: 0,
+            pid: 1,
+            version: 1,
+            state,
+            joined_at: Some(now),
+        };
+        let workers: BTreeMap<WorkerId, Worker> = [
+            (0, worker(State::Ready)),
+            (1, worker(State::Retiring)),
+            (2, worker(State::Stopping { deadline: now })),
+        ]
+        .into_iter()
+        .collect();
+        let joined: BTreeMap<WorkerId, Joined> = [0, 1, 2, 7]
+            .into_iter()
+            .map(|id| {
+                let socket = PathBuf::from(format!("/tmp/w.{id}.sock"));
+                (
+                    id,
+                    Joined {
+                        pid: None,
+                        socket,
+                        version: Some(1),
+                    },
+                )
+            })
+            .collect();
+        let ids: Vec<WorkerId> = replay(&joined, &workers)
+            .into_iter()
+            .map(|msg| match msg {
+                LinkMsg::Rejoin { id, .. } => id,
+                other => panic!("not a rejoin: {other:?}"),
+            })
+            .collect();
+        // 7 joined on its own (an external worker): it is replayed.
+        assert_eq!(ids, vec![0, 7]);
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_to_thirty() {
