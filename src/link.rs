@@ -27,6 +27,9 @@ pub enum LinkMsg {
     },
     /// LB → manager: a worker quit the pool.
     Left { id: WorkerId },
+    /// LB → manager: this worker took its first request (from then on a
+    /// crash of it is a casualty, not a crash loop).
+    Served { id: WorkerId },
     /// LB → manager: replace this worker. It may take requests until its
     /// replacement has joined (a recycle asks ahead of time), or none at
     /// all (an abandoned request, an unreachable socket).

@@ -27,32 +27,27 @@ fn role_pids(server: &Server, role: &str) -> Vec<u32> {
 }
 
 #[test]
-fn a_crashed_worker_is_restarted_with_backoff() {
+fn a_worker_that_served_is_replaced_at_once() {
+    // A casualty (the OOM killer, a poison request), not a crash loop: no
+    // backoff, even when it happens again at once.
     let server = Server::start(&[&probe(), "w:1"]);
     server.wait_workers(1);
-    assert_eq!(server.get("/die").status, 502);
-    server.wait_output("worker 0 (pid");
-    assert!(server.stderr.text().contains("exited unexpectedly"));
-    server.wait_workers(1);
-    // Crashing again soon after: the restart waits out the backoff.
-    assert_eq!(server.get("/die").status, 502);
-    let crashed = Instant::now();
-    eventually("the crash to show in /status", || {
-        let status = server.status()?;
-        (status["status"] == "degraded" && status["missing"] == 1).then_some(())
-    });
-    server.wait_workers(1);
-    assert!(
-        crashed.elapsed() >= Duration::from_millis(900),
-        "restarted after {:?}:\n{}",
-        crashed.elapsed(),
-        server.output()
-    );
-    assert!(
-        server.stderr.text().contains("restarting in 2s"),
-        "{}",
-        server.output()
-    );
+    for round in 1..=3 {
+        assert_eq!(server.get("/die").status, 502);
+        let died = Instant::now();
+        eventually("the casualty to be replaced", || {
+            (server.stderr.text().matches("exited unexpectedly").count() >= round).then_some(())
+        });
+        server.wait_workers(1);
+        assert!(
+            died.elapsed() < Duration::from_millis(900),
+            "round {round}: replaced after {:?}:\n{}",
+            died.elapsed(),
+            server.output()
+        );
+    }
+    let log = server.stderr.text();
+    assert!(!log.contains("restarting in"), "backed off:\n{log}");
     assert_eq!(server.get("/pid").status, 200);
 }
 
@@ -395,32 +390,56 @@ fn a_second_interrupt_stops_at_once() {
 }
 
 #[test]
-fn each_worker_backs_off_on_its_own() {
-    let server = Server::start(&[&probe(), "w:2"]);
+fn killing_a_worker_or_app_every_second_fails_no_more_requests_than_kills() {
+    // w:2 and a kill every second, alternating worker and app processes:
+    // with a backoff for casualties both slots would sit out their delays
+    // and the queue would time out (504).
+    runtime("node");
+    let server = Server::start(&[
+        &example("hello"),
+        "w:2",
+        "--runtime=node",
+        "--hot-reload=none",
+        "--no-access-log",
+    ]);
     server.wait_workers(2);
-    // One slot crashes twice in a row...
-    assert_eq!(server.get("/die").status, 502);
-    server.wait_output("exited unexpectedly");
-    server.wait_workers(2);
-    assert_eq!(server.get("/die").status, 502);
-    // (Its second exit says "restarting in 2s", or — when the LB's request
-    // to replace the worker it lost got there first — "its replacement is
-    // starting": wait for the exit, whichever.)
-    eventually("the second crash", || {
-        (server.stderr.text().matches("exited unexpectedly").count() >= 2).then_some(())
-    });
-    // ...the other slot's first crash is not held back by it: a restart
-    // at once (the LB asked for the replacement first) or after 1 s — not
-    // the 4 s a shared backoff would give.
-    let before = server.stderr.text().len();
-    assert_eq!(server.get("/die").status, 502);
-    let after = eventually("the other slot's crash", || {
-        let text = server.stderr.text()[before..].to_string();
-        text.contains("exited unexpectedly").then_some(text)
-    });
+    let load = Load::start(server.port, 16, "/ping");
+    let mut kills = 0;
+    for round in 0..8 {
+        thread::sleep(Duration::from_millis(1000));
+        let workers: Vec<u32> = server
+            .children()
+            .into_iter()
+            .filter(|(_, argv)| argv.get(1).is_some_and(|a| a == "worker"))
+            .map(|(pid, _)| pid)
+            .collect();
+        let Some(&worker) = workers.get(round % workers.len().max(1)) else {
+            continue;
+        };
+        let target = if round % 2 == 0 {
+            worker
+        } else {
+            match children_of(worker).first() {
+                Some(&app) => app,
+                None => continue,
+            }
+        };
+        kill(Pid::from_raw(target as i32), Signal::SIGKILL).unwrap();
+        kills += 1;
+    }
+    thread::sleep(Duration::from_millis(500));
+    let answers = load.finish();
+    let failed = failures(&answers);
+    assert!(kills >= 6, "only {kills} kills");
     assert!(
-        after.contains("restarting in 1s") || after.contains("its replacement is starting"),
-        "{after}"
+        !failed.iter().any(|(status, _)| *status == 504),
+        "504s: {failed:?}"
     );
+    assert!(
+        failed.len() <= kills,
+        "{} failures for {kills} kills: {failed:?}",
+        failed.len()
+    );
+    assert!(answers.len() > 500, "only {} requests", answers.len());
     server.wait_workers(2);
 }

@@ -166,6 +166,9 @@ impl<C> Scheduler<C> {
         if checkout.replace {
             let _ = self.manager.send(LinkMsg::Retire { id: checkout.id });
         }
+        if checkout.first {
+            let _ = self.manager.send(LinkMsg::Served { id: checkout.id });
+        }
         Lease {
             scheduler: self.clone(),
             id: checkout.id,
@@ -409,6 +412,7 @@ mod tests {
         s.join(1, Path::new("/tmp/x.1.sock"), None).unwrap();
         let lease = s.acquire().await.expect("worker");
         assert_eq!(lease.id(), 1);
+        assert_eq!(rx.recv().await, Some(LinkMsg::Served { id: 1 }));
         drop(lease);
         assert_eq!(rx.recv().await, Some(LinkMsg::Retire { id: 1 }));
         let next = s.acquire().await.expect("worker");

@@ -43,6 +43,8 @@ pub struct Checkout<C> {
     /// This checkout took the last request of the budget: the worker is
     /// spent.
     pub last: bool,
+    /// The worker's first request.
+    pub first: bool,
 }
 
 /// How long a spent worker waits for a fresh one to take its place before
@@ -579,6 +581,7 @@ impl<C, W> Pool<C, W> {
             conn: slot.conn.take(),
             replace,
             last,
+            first: slot.served == 1,
         }
     }
 

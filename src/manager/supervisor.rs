@@ -22,8 +22,12 @@ use crate::{front, spawn, Failure};
 
 use super::watch;
 
-/// A worker that served this long before crashing resets the backoff.
+/// A worker joined this long (or that served a request) is a casualty when
+/// it dies: replaced at once, not backed off.
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
+/// Casualties of one slot are replaced at most this often, so that a
+/// request that kills its app every time cannot make the slot spin.
+const CASUALTY_GAP: Duration = Duration::from_millis(200);
 /// How much longer each consecutive LB crash waits before its restart.
 const LB_RESTART_STEP: Duration = Duration::from_millis(100);
 /// Extra time a stopping process gets beyond the shutdown timeout.
@@ -76,6 +80,32 @@ struct Slot {
     backoff: Backoff,
     /// No worker starts in this slot before then.
     respawn_at: Option<Instant>,
+    /// When a casualty of this slot was last replaced.
+    last_casualty: Option<Instant>,
+}
+
+impl Slot {
+    /// A worker that was serving died: its backoff is forgotten and it is
+    /// replaced at once — but no sooner than [`CASUALTY_GAP`] after the
+    /// last casualty. Returns when the replacement may start.
+    fn casualty(&mut self, now: Instant) -> Instant {
+        self.backoff.reset();
+        let at = self
+            .last_casualty
+            .map_or(now, |last| (last + CASUALTY_GAP).max(now));
+        self.last_casualty = Some(at);
+        self.respawn_at = (at > now).then_some(at);
+        at
+    }
+
+    /// A worker died before it was serving: the slot backs off. Returns
+    /// the delay before its next start.
+    fn crashed(&mut self, now: Instant) -> Duration {
+        let delay = self.backoff.crashed();
+        let at = now + delay;
+        self.respawn_at = Some(self.respawn_at.map_or(at, |t| t.max(at)));
+        delay
+    }
 }
 
 #[derive(Debug)]
@@ -85,6 +115,8 @@ struct Worker {
     version: u64,
     state: State,
     joined_at: Option<Instant>,
+    /// It took a request (the LB said so).
+    served: bool,
 }
 
 /// A worker as the LB knows it, kept to replay to a restarted LB.
@@ -334,6 +366,11 @@ impl Supervisor {
                     }
                 }
             }
+            LinkMsg::Served { id } => {
+                if let Some(worker) = self.workers.get_mut(&id) {
+                    worker.served = true;
+                }
+            }
             LinkMsg::Dead { .. } | LinkMsg::Rejoin { .. } => {}
         }
     }
@@ -349,12 +386,28 @@ impl Supervisor {
             return; // planned: recycled, replaced or stopped
         }
         // It exited on its own: its app died (a retiring worker too — the LB
-        // retires a worker whose app vanished mid-request). Back off, so a
-        // crashing app never restarts in a tight loop.
-        let healthy = worker
+        // retires a worker whose app vanished mid-request). One that was
+        // serving is a casualty (the OOM killer, a poison request): it is
+        // replaced at once. One that died before it was ready, or soon
+        // after without serving, is a crash loop: back off, so that it
+        // never restarts in a tight loop.
+        let casualty = worker
             .joined_at
-            .is_some_and(|t| t.elapsed() >= HEALTHY_AFTER);
-        let delay = self.crashed(worker.slot, healthy);
+            .is_some_and(|t| worker.served || t.elapsed() >= HEALTHY_AFTER);
+        if casualty {
+            let at = self.casualty(worker.slot);
+            let when = match at.saturating_duration_since(Instant::now()) {
+                d if d.is_zero() => "replacing it now".to_string(),
+                d => format!("replacing it in {} ms", d.as_millis()),
+            };
+            error!(
+                "worker {id} (pid {}) exited unexpectedly ({status}); {when}",
+                worker.pid
+            );
+            self.reconcile();
+            return;
+        }
+        let delay = self.crashed(worker.slot);
         if self.slot_filled(worker.slot) {
             error!(
                 "worker {id} (pid {}) exited unexpectedly ({status}); its replacement is starting",
@@ -371,18 +424,19 @@ impl Supervisor {
         self.reconcile();
     }
 
+    /// Records a casualty in `slot`; returns when its replacement may
+    /// start.
+    fn casualty(&mut self, slot: usize) -> Instant {
+        let now = Instant::now();
+        self.slots.get_mut(slot).map_or(now, |s| s.casualty(now))
+    }
+
     /// Records a crash in `slot`; returns the delay before its next start.
-    fn crashed(&mut self, slot: usize, healthy: bool) -> Duration {
-        let Some(slot) = self.slots.get_mut(slot) else {
-            return Duration::ZERO;
-        };
-        if healthy {
-            slot.backoff.reset();
-        }
-        let delay = slot.backoff.crashed();
-        let at = Instant::now() + delay;
-        slot.respawn_at = Some(slot.respawn_at.map_or(at, |t| t.max(at)));
-        delay
+    fn crashed(&mut self, slot: usize) -> Duration {
+        let now = Instant::now();
+        self.slots
+            .get_mut(slot)
+            .map_or(Duration::ZERO, |s| s.crashed(now))
     }
 
     /// Workers that are or will be serving (not on their way out).
@@ -479,6 +533,7 @@ impl Supervisor {
                             deadline: Instant::now() + self.config.boot_timeout + KILL_GRACE * 2,
                         },
                         joined_at: None,
+                        served: false,
                     },
                 );
                 let events = self.events_tx.clone();
@@ -489,7 +544,7 @@ impl Supervisor {
                 });
             }
             Err(e) => {
-                let delay = self.crashed(slot, false);
+                let delay = self.crashed(slot);
                 error!(
                     "cannot start worker {id}: {e}; retrying in {}s",
                     delay.as_secs()
@@ -750,6 +805,7 @@ mod tests {
             version: 1,
             state,
             joined_at: Some(now),
+            served: true,
         };
         let workers: BTreeMap<WorkerId, Worker> = [
             (0, worker(State::Ready)),
@@ -781,6 +837,31 @@ mod tests {
             .collect();
         // 7 joined on its own (an external worker): it is replayed.
         assert_eq!(ids, vec![0, 7]);
+    }
+
+    #[test]
+    fn a_casualty_is_replaced_at_once_but_never_in_a_tight_loop() {
+        let now = Instant::now();
+        let mut slot = Slot::default();
+        // A crash loop first: the slot backs off...
+        assert_eq!(slot.crashed(now), Duration::from_secs(1));
+        assert_eq!(slot.crashed(now), Duration::from_secs(2));
+        // ...and a casualty forgets it: replaced now.
+        assert_eq!(slot.casualty(now), now);
+        assert_eq!(slot.respawn_at, None);
+        // A poison request killing each replacement at once: spaced out.
+        let next = slot.casualty(now);
+        assert_eq!(next, now + CASUALTY_GAP);
+        assert_eq!(slot.respawn_at, Some(next));
+        assert_eq!(slot.casualty(now), now + CASUALTY_GAP * 2);
+        // Once the gap has passed, at once again.
+        let later = now + Duration::from_secs(5);
+        assert_eq!(slot.casualty(later), later);
+        assert_eq!(
+            slot.crashed(later),
+            Duration::from_secs(1),
+            "the backoff was reset"
+        );
     }
 
     #[test]

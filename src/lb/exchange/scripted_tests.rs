@@ -145,8 +145,8 @@ impl Rig {
 
     fn retirements(&mut self) -> usize {
         let mut n = 0;
-        while let Ok(LinkMsg::Retire { .. }) = self.retired.try_recv() {
-            n += 1;
+        while let Ok(msg) = self.retired.try_recv() {
+            n += usize::from(matches!(msg, LinkMsg::Retire { .. }));
         }
         n
     }
