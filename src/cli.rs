@@ -298,6 +298,9 @@ enum Role {
     Manager {
         #[arg(long)]
         listen_fd: RawFd,
+        /// The locked pid file (see `paths::PidFile`).
+        #[arg(long)]
+        pid_fd: RawFd,
         #[command(flatten)]
         options: Options,
         args: Vec<String>,
@@ -331,6 +334,7 @@ pub enum Invocation {
     Manager {
         config: Config,
         listen_fd: RawFd,
+        pid_fd: RawFd,
     },
     Lb {
         config: Config,
@@ -366,11 +370,13 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
         return Ok(match cli.role {
             Role::Manager {
                 listen_fd,
+                pid_fd,
                 options,
                 args,
             } => Invocation::Manager {
                 config: config_from(&options, &args)?,
                 listen_fd,
+                pid_fd,
             },
             Role::Lb {
                 listen_fd,

@@ -20,14 +20,25 @@ use nix::sys::socket::{
 };
 
 use crate::config::Config;
-use crate::paths::{remove_ours, Owned, Paths};
-use crate::{cli, stop, Failure};
+use crate::paths::{answers, remove_ours, LockError, Owned, Paths, PidFile};
+use crate::{cli, Failure};
 
 /// Connections the kernel queues for the LB to accept (capped by somaxconn).
 const BACKLOG: i32 = 4096;
 
-pub fn run(mut config: Config) -> Result<(), Failure> {
+pub fn run(config: Config) -> Result<(), Failure> {
     prepare_socket_dir(&config.paths)?;
+    // Nothing is removed, bound or started before the lock is ours.
+    let pid_file = lock_pid_file(&config.paths)?;
+    let pid_path = config.paths.pid();
+    // Returns only if the manager could not be started.
+    let failed = become_manager(config, &pid_file);
+    let _ = pid_file.remove(&pid_path);
+    failed
+}
+
+/// Checks, binds and execs into the manager, which keeps `pid_file`.
+fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure> {
     refuse_running(&config.paths)?;
     clear_leftovers(&config.paths)?;
     let listener = bind_public(config.bind, config.port)?;
@@ -38,9 +49,13 @@ pub fn run(mut config: Config) -> Result<(), Failure> {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     )
     .map_err(|e| Failure::fatal(format!("cannot pass the listener on: {e}")))?;
+    let pid_fd = pid_file
+        .pass_on()
+        .map_err(|e| Failure::fatal(format!("cannot pass the pid file on: {e}")))?;
     let role = [
         "manager".to_string(),
         format!("--listen-fd={}", listener.as_raw_fd()),
+        format!("--pid-fd={pid_fd}"),
     ];
     // exec replaces the process: what it logged goes out first.
     crate::output::flush(std::time::Duration::from_millis(500));
@@ -72,13 +87,23 @@ fn prepare_socket_dir(paths: &Paths) -> Result<(), Failure> {
 }
 
 /// One server per prefix: refuse to start while another one runs.
-fn refuse_running(paths: &Paths) -> Result<(), Failure> {
-    if let Some(pid) = stop::running(paths) {
-        return Err(Failure::Usage(format!(
-            "a server with socket prefix {} is already running (pid {pid}); stop it with 'kill {pid}' or 'rip-server --stop'",
-            paths.prefix()
-        )));
+/// Locks the pid file (`paths::PidFile`): exit 2 naming the server that
+/// holds it.
+fn lock_pid_file(paths: &Paths) -> Result<PidFile, Failure> {
+    match PidFile::lock(&paths.pid()) {
+        Ok(pid_file) => Ok(pid_file),
+        Err(LockError::Held(pid)) => {
+            let pid = pid.map_or("?".to_string(), |p| p.to_string());
+            Err(Failure::Usage(format!(
+                "a server with socket prefix {} is already running (pid {pid}); stop it with 'kill {pid}'",
+                paths.prefix()
+            )))
+        }
+        Err(LockError::Failed(why)) => Err(Failure::Usage(why)),
     }
+}
+
+fn refuse_running(paths: &Paths) -> Result<(), Failure> {
     // A server without our pid file (the original Bun server2, say) may
     // still own the control socket.
     if std::os::unix::net::UnixStream::connect(paths.ctl()).is_ok() {
@@ -90,16 +115,17 @@ fn refuse_running(paths: &Paths) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Removes a crashed run's sockets and pid file, refusing paths not ours.
+/// Removes a crashed run's sockets and loader, refusing paths not ours.
+/// (The pid file is ours: locked.)
 fn clear_leftovers(paths: &Paths) -> Result<(), Failure> {
     let mut sockets = paths.worker_sockets();
+    // A worker socket that answers is a live external worker's: it stays.
+    sockets.retain(|path| !answers(path));
     sockets.push(paths.ctl());
     for path in sockets {
         remove_ours(&path, Owned::Socket).map_err(Failure::Usage)?;
     }
-    for path in [paths.pid(), paths.loader()] {
-        remove_ours(&path, Owned::File).map_err(Failure::Usage)?;
-    }
+    remove_ours(&paths.loader(), Owned::File).map_err(Failure::Usage)?;
     Ok(())
 }
 

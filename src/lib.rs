@@ -71,7 +71,11 @@ fn run_role(argv: Vec<OsString>) -> ExitCode {
     let result = match invocation {
         cli::Invocation::Start(config) => front::run(config),
         cli::Invocation::Stop(target) => stop::run(target),
-        cli::Invocation::Manager { config, listen_fd } => manager::run(config, listen_fd),
+        cli::Invocation::Manager {
+            config,
+            listen_fd,
+            pid_fd,
+        } => manager::run(config, listen_fd, pid_fd),
         cli::Invocation::Lb {
             config,
             listen_fd,

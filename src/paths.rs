@@ -249,3 +249,134 @@ mod tests {
         assert_eq!(remove_ours(&sock, Owned::Socket), Ok(false));
     }
 }
+
+/// Whether something listens on the unix socket at `path` (a live
+/// process's socket is never removed as a leftover).
+pub fn answers(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// The pid file, locked (`flock`) for the server's whole life: the lock —
+/// not the file's existence, nor a pid in it — says a server runs under
+/// this prefix, so two starts at once cannot both run, and a start never
+/// removes anything of a live server. The front takes it and passes it on
+/// across `exec` to the manager (same pid), which holds it until it exits.
+#[derive(Debug)]
+pub struct PidFile {
+    fd: std::os::fd::OwnedFd,
+}
+
+/// Why the pid file could not be locked.
+#[derive(Debug)]
+pub enum LockError {
+    /// A live server holds it; its pid, as the file says.
+    Held(Option<u32>),
+    Failed(String),
+}
+
+impl PidFile {
+    /// Locks the pid file at `path` (made 0600 if missing) and writes this
+    /// process's pid into it.
+    pub fn lock(path: &Path) -> Result<PidFile, LockError> {
+        use nix::fcntl::{open, OFlag};
+        use nix::sys::stat::Mode;
+        use std::os::fd::{AsFd, AsRawFd};
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            LockError::Failed(format!("cannot {what} {}: {e}", path.display()))
+        };
+        loop {
+            let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+            let fd = match open(path, flags, Mode::from_bits_truncate(0o600)) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::ELOOP) => {
+                    return Err(LockError::Failed(format!(
+                        "refusing to use {}: it is a symlink",
+                        path.display()
+                    )))
+                }
+                Err(e) => return Err(failed("open", &e)),
+            };
+            let meta = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| failed("inspect", &e))?;
+            if meta.st_uid != nix::unistd::geteuid().as_raw()
+                || (meta.st_mode & nix::libc::S_IFMT) != nix::libc::S_IFREG
+            {
+                return Err(LockError::Failed(format!(
+                    "refusing to use {}: it is not a regular file of this user",
+                    path.display()
+                )));
+            }
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            let locked = unsafe {
+                nix::libc::flock(fd.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)
+            };
+            if locked != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(nix::libc::EWOULDBLOCK) {
+                    // Its holder writes its pid just after locking: a start
+                    // at the same moment may read it a little late.
+                    let read =
+                        || -> Option<u32> { fs::read_to_string(path).ok()?.trim().parse().ok() };
+                    let deadline =
+                        std::time::Instant::now() + std::time::Duration::from_millis(500);
+                    let mut pid = read();
+                    while pid.is_none() && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        pid = read();
+                    }
+                    return Err(LockError::Held(pid));
+                }
+                return Err(failed("lock", &e));
+            }
+            // Its last holder may have removed it between our open and our
+            // lock: then the lock is on a file nobody else can find.
+            let same = fs::symlink_metadata(path).is_ok_and(|now| {
+                now.ino() == meta.st_ino as u64 && now.dev() == meta.st_dev as u64
+            });
+            if !same {
+                continue;
+            }
+            let file = fs::File::from(fd);
+            file.set_len(0).map_err(|e| failed("truncate", &e))?;
+            let pid = format!("{}\n", std::process::id());
+            nix::sys::uio::pwrite(file.as_fd(), pid.as_bytes(), 0)
+                .map_err(|e| failed("write", &e))?;
+            fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| failed("restrict", &e))?;
+            return Ok(PidFile { fd: file.into() });
+        }
+    }
+
+    /// Keeps the lock across `exec` (for the manager, which takes it back
+    /// with [`PidFile::inherit`]); returns the descriptor's number.
+    pub fn pass_on(&self) -> io::Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        nix::fcntl::fcntl(
+            self.fd.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )?;
+        Ok(self.fd.as_raw_fd())
+    }
+
+    /// Takes back the lock passed across `exec` as `fd`, out of reach of
+    /// the processes this one starts.
+    ///
+    /// # Safety
+    /// `fd` must be the descriptor [`PidFile::pass_on`] returned before the
+    /// exec, and nothing else in this process may own it.
+    pub unsafe fn inherit(fd: std::os::fd::RawFd) -> io::Result<PidFile> {
+        use std::os::fd::{AsFd, FromRawFd};
+        // SAFETY: as the caller guarantees.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        nix::fcntl::fcntl(
+            fd.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+        Ok(PidFile { fd })
+    }
+
+    /// Removes the pid file (while still holding its lock); the lock goes
+    /// when this is dropped, or the process exits.
+    pub fn remove(&self, path: &Path) -> Result<bool, String> {
+        remove_ours(path, Owned::File)
+    }
+}

@@ -234,6 +234,77 @@ fn refused_start(dir: &std::path::Path) -> String {
     stderr
 }
 
+/// Stops the managers it names if they still run (a failed test leaves
+/// nothing behind).
+struct StopOnDrop(Vec<u32>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if alive(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+        }
+    }
+}
+
+#[test]
+fn two_starts_at_once_give_one_server() {
+    // The running check and the pid file are one step (a lock): whichever
+    // start gets it runs; the other exits 2 naming it and removes nothing.
+    for round in 0..5 {
+        let dir = socket_dir();
+        let dir_arg = format!("--socket-dir={}", dir.path().display());
+        let start = || {
+            std::process::Command::new(BIN)
+                .args(["builtin:hello", "w:1", "http:0", &dir_arg])
+                .env_remove("PORT")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (mut a, mut b) = (start(), start());
+        let _guard = StopOnDrop(vec![a.id(), b.id()]);
+        let loser = eventually("one start to give up", || {
+            if let Ok(Some(status)) = a.try_wait() {
+                return Some((status, 'a'));
+            }
+            b.try_wait().ok().flatten().map(|status| (status, 'b'))
+        });
+        let (mut winner, mut lost) = if loser.1 == 'a' { (b, a) } else { (a, b) };
+        assert_eq!(loser.0.code(), Some(2), "round {round}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(lost.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(
+            stderr.contains(&format!("already running (pid {})", winner.id())),
+            "round {round}: {stderr}"
+        );
+        let _ = lost.wait();
+        // The winner serves, its control socket and pid file intact.
+        let mut out = std::io::BufReader::new(winner.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let port = parse_port(&line).unwrap_or_else(|| panic!("round {round}: {line}"));
+        eventually("the winner to serve", || {
+            let status = try_request(port, "GET", "/status", &[], b"").ok()?;
+            (status.status == 200 && status.text().contains("healthy")).then_some(())
+        });
+        let ctl = dir.path().join("rip_server2_hello.ctl.sock");
+        assert!(
+            unix_request(&ctl, "GET", "/nothing").is_ok(),
+            "round {round}"
+        );
+        let pid = std::fs::read_to_string(dir.path().join("rip_server2_hello.pid")).unwrap();
+        assert_eq!(pid.trim(), winner.id().to_string());
+        kill(Pid::from_raw(winner.id() as i32), Signal::SIGTERM).unwrap();
+        assert!(winner.wait().unwrap().success());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "round {round}: left behind {left:?}");
+    }
+}
+
 #[test]
 fn paths_that_are_not_ours_are_refused_and_kept() {
     let dir = socket_dir();

@@ -16,11 +16,15 @@ pub mod watch;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::config::Config;
+use crate::paths::PidFile;
 use crate::{spawn, Failure};
 
 pub use supervisor::Backoff;
 
-pub fn run(config: Config, listen_fd: RawFd) -> Result<(), Failure> {
+pub fn run(config: Config, listen_fd: RawFd, pid_fd: RawFd) -> Result<(), Failure> {
+    // SAFETY: the front passed the locked pid file across exec as `pid_fd`.
+    let pid_file = unsafe { PidFile::inherit(pid_fd) }
+        .map_err(|e| Failure::fatal(format!("bad pid file fd {pid_fd}: {e}")))?;
     // SAFETY: the front passed this listening socket across exec; nothing
     // else in this process owns it.
     let listener = unsafe { OwnedFd::from_raw_fd(listen_fd) };
@@ -31,5 +35,9 @@ pub fn run(config: Config, listen_fd: RawFd) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async { supervisor::Supervisor::start(config, listener)?.run().await })
+    runtime.block_on(async {
+        supervisor::Supervisor::start(config, listener, pid_file)?
+            .run()
+            .await
+    })
 }

@@ -17,7 +17,7 @@ use crate::apps::{AppKind, LOADER};
 use crate::config::{Config, HotReload};
 use crate::lb::pool::WorkerId;
 use crate::link::{self, LinkMsg};
-use crate::paths::{remove_ours, Owned};
+use crate::paths::{answers, remove_ours, Owned, PidFile};
 use crate::{front, spawn, Failure};
 
 use super::watch;
@@ -144,6 +144,8 @@ enum Event {
 pub struct Supervisor {
     config: Config,
     listener: OwnedFd,
+    /// Held (locked) until the manager exits: a server runs here.
+    pid_file: PidFile,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     lb: Option<Lb>,
@@ -161,12 +163,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Writes the pid file (and the module loader), announces the server
-    /// and starts the LB and the workers.
-    pub fn start(config: Config, listener: OwnedFd) -> Result<Supervisor, Failure> {
+    /// Writes the module loader, announces the server and starts the LB
+    /// and the workers. (The front wrote and locked the pid file.)
+    pub fn start(
+        config: Config,
+        listener: OwnedFd,
+        pid_file: PidFile,
+    ) -> Result<Supervisor, Failure> {
         let paths = &config.paths;
-        front::write_private(&paths.pid(), format!("{}\n", std::process::id()).as_bytes())
-            .map_err(|e| Failure::fatal(format!("cannot write {}: {e}", paths.pid().display())))?;
         if matches!(config.app.kind, AppKind::Module { .. }) {
             front::write_private(&paths.loader(), LOADER.as_bytes()).map_err(|e| {
                 Failure::fatal(format!("cannot write {}: {e}", paths.loader().display()))
@@ -177,6 +181,7 @@ impl Supervisor {
         let mut supervisor = Supervisor {
             config,
             listener,
+            pid_file,
             events_tx,
             events,
             lb: None,
@@ -736,19 +741,24 @@ impl Supervisor {
     }
 
     /// Removes every path this server made.
+    /// Removes every path this server made. A worker socket that still
+    /// answers belongs to a live process we did not start (an external
+    /// worker): it stays. The pid file goes last, still locked.
     fn cleanup(&self) {
         let paths = &self.config.paths;
         let mut sockets = paths.worker_sockets();
+        sockets.retain(|path| !answers(path));
         sockets.push(paths.ctl());
         for path in sockets {
             if let Err(e) = remove_ours(&path, Owned::Socket) {
                 warn!("{e}");
             }
         }
-        for path in [paths.loader(), paths.pid()] {
-            if let Err(e) = remove_ours(&path, Owned::File) {
-                warn!("{e}");
-            }
+        if let Err(e) = remove_ours(&paths.loader(), Owned::File) {
+            warn!("{e}");
+        }
+        if let Err(e) = self.pid_file.remove(&paths.pid()) {
+            warn!("{e}");
         }
     }
 }
