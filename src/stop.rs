@@ -11,21 +11,26 @@ use nix::sys::signal::Signal;
 
 use crate::config::Config;
 use crate::paths::Paths;
-use crate::{spawn, Failure};
+use crate::spawn::Process;
+use crate::Failure;
 
 /// How long `--stop` waits for a manager to exit after SIGTERM.
 const STOP_WAIT: Duration = Duration::from_secs(30);
 
-/// The pid of the manager running for `paths`, if its pid file names a live
+/// The manager running for `paths`, if its pid file names a live
 /// rip-server manager of this user with the same socket dir and prefix.
-pub fn running(paths: &Paths) -> Option<u32> {
+pub fn running(paths: &Paths) -> Option<Process> {
     running_from_pid_file(&paths.pid(), paths.dir(), paths.prefix())
 }
 
-fn running_from_pid_file(pid_file: &Path, dir: &Path, prefix: &str) -> Option<u32> {
+fn running_from_pid_file(pid_file: &Path, dir: &Path, prefix: &str) -> Option<Process> {
     let text = fs::read_to_string(pid_file).ok()?;
     let pid: u32 = text.trim().parse().ok()?;
-    is_manager(pid, dir, prefix).then_some(pid)
+    // Held first, checked second: if the check passes, the handle is that
+    // manager (a signal through it never reaches a process that took the
+    // pid in between).
+    let process = Process::new(pid);
+    is_manager(pid, dir, prefix).then_some(process)
 }
 
 /// Whether `pid` is a rip-server manager of this user serving `prefix` in `dir`.
@@ -53,9 +58,9 @@ fn is_manager(pid: u32, dir: &Path, prefix: &str) -> bool {
 /// Stops the server of `target`'s app, or every rip-server of this user
 /// in the socket dir.
 pub fn run(target: StopTarget) -> Result<(), Failure> {
-    let found: Vec<(u32, String)> = match &target {
+    let found: Vec<(Process, String)> = match &target {
         StopTarget::App(config) => running(&config.paths)
-            .map(|pid| (pid, config.paths.prefix().to_string()))
+            .map(|process| (process, config.paths.prefix().to_string()))
             .into_iter()
             .collect(),
         StopTarget::All(dir) => all_managers(dir),
@@ -68,19 +73,18 @@ pub fn run(target: StopTarget) -> Result<(), Failure> {
         crate::output::STDOUT.line(format!("rip-server: no running server {which}").as_bytes());
         return Ok(());
     }
-    for (pid, _) in &found {
-        spawn::signal(*pid, Signal::SIGTERM);
+    for (process, _) in &found {
+        process.signal(Signal::SIGTERM);
     }
     let deadline = Instant::now() + STOP_WAIT;
     let mut failed = Vec::new();
-    for (pid, prefix) in &found {
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            if is_zombie(*pid) {
-                break;
-            }
+    for (process, prefix) in &found {
+        let pid = process.pid();
+        let running = || process.alive() && !is_zombie(pid);
+        while running() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(*pid) {
+        if running() {
             failed.push(format!("{prefix} (pid {pid})"));
         } else {
             crate::output::STDOUT
@@ -105,20 +109,20 @@ pub enum StopTarget {
     All(PathBuf),
 }
 
-fn all_managers(dir: &Path) -> Vec<(u32, String)> {
+fn all_managers(dir: &Path) -> Vec<(Process, String)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut found: Vec<(u32, String)> = entries
+    let mut found: Vec<(Process, String)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let prefix = name.strip_prefix("rip_").and(name.strip_suffix(".pid"))?;
-            let pid = running_from_pid_file(&e.path(), dir, prefix)?;
-            Some((pid, prefix.to_string()))
+            let process = running_from_pid_file(&e.path(), dir, prefix)?;
+            Some((process, prefix.to_string()))
         })
         .collect();
-    found.sort();
+    found.sort_by(|a, b| a.1.cmp(&b.1));
     found
 }
 

@@ -111,7 +111,8 @@ impl Slot {
 #[derive(Debug)]
 struct Worker {
     slot: usize,
-    pid: u32,
+    /// Signalled through a pidfd: never a process that took its pid.
+    process: spawn::Process,
     version: u64,
     state: State,
     joined_at: Option<Instant>,
@@ -128,7 +129,7 @@ struct Joined {
 }
 
 struct Lb {
-    pid: u32,
+    process: spawn::Process,
     generation: u64,
     link: mpsc::UnboundedSender<LinkMsg>,
     started: Instant,
@@ -330,7 +331,8 @@ impl Supervisor {
                 worker.joined_at = Some(Instant::now());
                 info!(
                     "worker {id} ready (pid {}, version {})",
-                    worker.pid, worker.version
+                    worker.process.pid(),
+                    worker.version
                 );
                 // The workers it replaces (recycled, reloaded) may go now;
                 // a worker superseded before it joined replaces nothing.
@@ -407,7 +409,7 @@ impl Supervisor {
             };
             error!(
                 "worker {id} (pid {}) exited unexpectedly ({status}); {when}",
-                worker.pid
+                worker.process.pid()
             );
             self.reconcile();
             return;
@@ -416,12 +418,12 @@ impl Supervisor {
         if self.slot_filled(worker.slot) {
             error!(
                 "worker {id} (pid {}) exited unexpectedly ({status}); its replacement is starting",
-                worker.pid
+                worker.process.pid()
             );
         } else {
             error!(
                 "worker {id} (pid {}) exited unexpectedly ({status}); {} worker(s) missing, restarting in {}s",
-                worker.pid,
+                worker.process.pid(),
                 self.config.workers.saturating_sub(self.active()),
                 delay.as_secs()
             );
@@ -527,12 +529,13 @@ impl Supervisor {
         command.stdin(Stdio::null());
         match command.spawn() {
             Ok(mut child) => {
-                let pid = child.id().unwrap_or(0);
+                // Held before the task below can reap it.
+                let process = spawn::Process::new(child.id().unwrap_or(0));
                 self.workers.insert(
                     id,
                     Worker {
                         slot,
-                        pid,
+                        process,
                         version,
                         state: State::Starting {
                             deadline: Instant::now() + self.config.boot_timeout + KILL_GRACE * 2,
@@ -563,7 +566,7 @@ impl Supervisor {
         if let Some(worker) = self.workers.get_mut(&id) {
             if !matches!(worker.state, State::Stopping { .. }) {
                 worker.state = State::Stopping { deadline };
-                spawn::signal(worker.pid, Signal::SIGTERM);
+                worker.process.signal(Signal::SIGTERM);
             }
         }
     }
@@ -576,11 +579,11 @@ impl Supervisor {
             match worker.state {
                 State::Stopping { deadline } if now >= deadline => {
                     warn!("worker {id} did not stop in time; killing it");
-                    spawn::signal_group(worker.pid, Signal::SIGKILL);
+                    worker.process.signal_group(Signal::SIGKILL);
                 }
                 State::Starting { deadline } if now >= deadline => {
                     warn!("worker {id} did not get ready in time (--boot-timeout-ms); killing it");
-                    spawn::signal_group(worker.pid, Signal::SIGKILL);
+                    worker.process.signal_group(Signal::SIGKILL);
                 }
                 _ => {}
             }
@@ -641,7 +644,8 @@ impl Supervisor {
             }
         });
         let events = self.events_tx.clone();
-        let pid = child.id().unwrap_or(0);
+        // Held before the task below can reap it.
+        let process = spawn::Process::new(child.id().unwrap_or(0));
         tokio::spawn(async move {
             if let Ok(status) = child.wait().await {
                 let _ = events.send(Event::LbExited(generation, status));
@@ -652,7 +656,7 @@ impl Supervisor {
             let _ = link_tx.send(msg);
         }
         self.lb = Some(Lb {
-            pid,
+            process,
             generation,
             link: link_tx,
             started: Instant::now(),
@@ -674,7 +678,7 @@ impl Supervisor {
     async fn stop(&mut self, int: &mut tokio::signal::unix::Signal) -> bool {
         let deadline = Instant::now() + self.config.shutdown_timeout;
         if let Some(lb) = &self.lb {
-            spawn::signal(lb.pid, Signal::SIGTERM);
+            lb.process.signal(Signal::SIGTERM);
         }
         let mut forced = false;
         let mut killed = false;
@@ -728,7 +732,7 @@ impl Supervisor {
 
     fn kill_lb(&mut self) {
         if let Some(lb) = &self.lb {
-            spawn::signal(lb.pid, Signal::SIGKILL);
+            lb.process.signal(Signal::SIGKILL);
         }
     }
 
@@ -736,7 +740,7 @@ impl Supervisor {
         self.kill_lb();
         for worker in self.workers.values() {
             // The worker's app is in its own group and dies with its worker.
-            spawn::signal(worker.pid, Signal::SIGKILL);
+            worker.process.signal(Signal::SIGKILL);
         }
     }
 
@@ -811,7 +815,7 @@ mod tests {
         let now = Instant::now();
         let worker = |state| Worker {
             slot: 0,
-            pid: 1,
+            process: spawn::Process::new(std::process::id()),
             version: 1,
             state,
             joined_at: Some(now),
