@@ -34,6 +34,10 @@ pub enum LinkMsg {
     /// replacement has joined (a recycle asks ahead of time), or none at
     /// all (an abandoned request, an unreachable socket).
     Retire { id: WorkerId },
+    /// Manager → LB: no worker of the app's current version has ever been
+    /// ready, and one failed to start with this error (its last line of
+    /// output); `None`: one is ready now.
+    Failing { error: Option<String> },
     /// Manager → LB: this worker's process is gone.
     Dead { id: WorkerId },
     /// Manager → LB (after an LB restart): this worker had joined.

@@ -201,3 +201,64 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
         LogWriter
     }
 }
+
+/// Where [`forward`] keeps the last line that passes the test.
+pub type LastLine<'a> = (&'a Mutex<String>, fn(&[u8]) -> bool);
+
+/// Copies `pipe` line by line into `sink`, each line after `tag`, without
+/// ever blocking on the stream (a full or closed one loses lines). A line
+/// longer than [`MAX_LINE`] is cut into pieces of that size. `last`, if
+/// given, holds the last line (without its tag) that its test accepts.
+pub async fn forward(
+    pipe: impl tokio::io::AsyncRead + Unpin,
+    tag: &str,
+    sink: &'static Sink,
+    last: Option<LastLine<'_>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(pipe);
+    let mut line = Vec::with_capacity(256);
+    let emit = |line: &[u8]| {
+        sink.append(|buffer| {
+            buffer.extend_from_slice(tag.as_bytes());
+            buffer.extend_from_slice(line);
+            buffer.push(b'\n');
+        });
+        if let Some((last, keep)) = last {
+            if keep(line) {
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                last.clear();
+                last.push_str(&String::from_utf8_lossy(line));
+            }
+        }
+    };
+    loop {
+        let (done, used) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => {
+                if !line.is_empty() {
+                    emit(&line);
+                }
+                return;
+            }
+            Ok(bytes) => {
+                let room = MAX_LINE - line.len();
+                match bytes.iter().take(room).position(|&b| b == b'\n') {
+                    Some(end) => {
+                        line.extend_from_slice(&bytes[..end]);
+                        (true, end + 1)
+                    }
+                    None => {
+                        let n = bytes.len().min(room);
+                        line.extend_from_slice(&bytes[..n]);
+                        (line.len() >= MAX_LINE, n)
+                    }
+                }
+            }
+        };
+        reader.consume(used);
+        if done {
+            emit(&line);
+            line.clear();
+        }
+    }
+}

@@ -70,11 +70,77 @@ fn a_crash_loop_backs_off_and_shows_the_apps_error() {
         "{crashes} crashes in 2.5 s:\n{}",
         server.output()
     );
+    // It never started: failing, not merely degraded.
     let status = server.status().unwrap();
     assert_eq!(
         (status["status"].as_str(), status["missing"].as_u64()),
-        (Some("degraded"), Some(1))
+        (Some("failing"), Some(1))
     );
+}
+
+#[test]
+fn an_app_that_cannot_start_is_said_so_at_once() {
+    let dir = socket_dir();
+    write_app(
+        dir.path(),
+        "app",
+        "#!/bin/sh\necho 'cannot start: config missing' >&2\nexit 1\n",
+        true,
+    );
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:2"]);
+    // No worker ever ready: /status says so, with the app's words...
+    let status = eventually("failing in /status", || {
+        let status = server.status()?;
+        (status["status"] == "failing").then_some(status)
+    });
+    assert_eq!(status["error"], "cannot start: config missing", "{status}");
+    // ...and a request is answered at once, not after the queue timeout.
+    let started = Instant::now();
+    let r = server.get("/");
+    assert_eq!((r.status, r.text().as_str()), (503, "App not ready"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    // The start-up line said it was starting, never that it serves.
+    assert!(server.stdout.text().contains("rip-server: starting"));
+    assert!(!server.stdout.text().contains("rip-server: serving"));
+}
+
+#[test]
+fn outside_development_a_server_whose_app_cannot_start_gives_up() {
+    let dir = socket_dir();
+    let app_dir = tempfile::tempdir().unwrap();
+    write_app(
+        app_dir.path(),
+        "app",
+        "#!/bin/sh\necho 'cannot start: config missing' >&2\nexit 1\n",
+        true,
+    );
+    let dir_arg = format!("--socket-dir={}", dir.path().display());
+    let started = Instant::now();
+    let out = run(
+        &[app_dir.path().to_str().unwrap(), "w:2", "http:0", &dir_arg],
+        &[("RIP_ENV", "production")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // 3 tries per slot: at once, after 1 s, after 2 s more.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("rip-server: the app cannot start")
+            && last.ends_with("cannot start: config missing"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]

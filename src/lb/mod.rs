@@ -160,6 +160,7 @@ async fn serve(
             min_body_rate: config.min_body_rate,
             app_idle_timeout: config.app_idle_timeout,
             send_timeout: config.send_timeout,
+            failing: proxy::Failing::default(),
             tunnels: proxy::Tunnels::new(
                 config
                     .max_tunnels
@@ -191,10 +192,12 @@ async fn serve(
 
     let (manager_gone_tx, mut manager_gone) = tokio::sync::oneshot::channel::<()>();
     let link_balancer = balancer.clone();
+    let link_lb = lb.clone();
     tokio::spawn(async move {
         while let Some(msg) = from_manager.next().await {
             match msg {
                 LinkMsg::Dead { id } => link_balancer.leave(id),
+                LinkMsg::Failing { error } => link_lb.proxy.failing.set(error),
                 LinkMsg::Rejoin {
                     id,
                     socket,
@@ -301,8 +304,14 @@ impl Lb {
     fn status(&self) -> Vec<u8> {
         let stats = self.proxy.balancer.stats();
         let healthy = stats.workers >= self.workers;
-        let body = serde_json::json!({
-            "status": if healthy { "healthy" } else { "degraded" },
+        let error = self.proxy.failing.error().filter(|_| stats.workers == 0);
+        let status = match (&error, healthy) {
+            (Some(_), _) => "failing",
+            (None, true) => "healthy",
+            (None, false) => "degraded",
+        };
+        let mut body = serde_json::json!({
+            "status": status,
             "app": self.app,
             "workers": stats.workers,
             "expected": self.workers,
@@ -313,6 +322,9 @@ impl Lb {
             "ports": { "http": self.port },
             "uptime": self.started.elapsed().as_secs(),
         });
+        if let Some(error) = error {
+            body["error"] = error.into();
+        }
         body.to_string().into_bytes()
     }
 }

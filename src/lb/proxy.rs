@@ -74,6 +74,36 @@ pub struct Proxy {
     pub send_timeout: Duration,
     /// WebSocket tunnels open, against their cap.
     pub tunnels: Tunnels,
+    /// The app cannot start (the manager says so).
+    pub failing: Failing,
+}
+
+/// Whether the app is failing to start, and why: while it is and no worker
+/// can serve, a request is answered `503` at once instead of waiting out
+/// the queue timeout.
+#[derive(Debug, Default)]
+pub struct Failing {
+    set: std::sync::atomic::AtomicBool,
+    error: std::sync::Mutex<String>,
+}
+
+impl Failing {
+    pub fn set(&self, error: Option<String>) {
+        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = error.clone().unwrap_or_default();
+        self.set.store(error.is_some(), Ordering::Release);
+    }
+
+    /// The app's error, while it is failing.
+    pub fn error(&self) -> Option<String> {
+        self.set
+            .load(Ordering::Acquire)
+            .then(|| self.error.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Relaxed)
+    }
 }
 
 /// Counts WebSocket tunnels: each holds a worker for its whole life, so
@@ -351,6 +381,17 @@ impl Proxy {
         // Whether the connection holds a body not yet read (then it cannot
         // go on after an answer of the LB's own).
         let has_body = !body.is_done();
+        if self.failing.is_set() && self.balancer.stats().workers == 0 {
+            // Nothing will serve it in the queue time: say so now.
+            let _ = ex.answered();
+            let own = Own {
+                retry_after: true,
+                ..Own::text(503, "Service Unavailable", "App not ready", false)
+            };
+            return client
+                .reply(&self.log, head, own, close || has_body, received)
+                .await;
+        }
         // A client that closes its end once its request is all here may be
         // waiting for the answer (a half-close): it is served. One whose
         // body is still to come cannot finish it: it leaves the queue.

@@ -28,6 +28,9 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 /// Casualties of one slot are replaced at most this often, so that a
 /// request that kills its app every time cannot make the slot spin.
 const CASUALTY_GAP: Duration = Duration::from_millis(200);
+/// Outside development, the server gives up once every slot has failed
+/// its first start this many times (no worker ever ready).
+const FIRST_START_TRIES: u32 = 3;
 /// How much longer each consecutive LB crash waits before its restart.
 const LB_RESTART_STEP: Duration = Duration::from_millis(100);
 /// Extra time a stopping process gets beyond the shutdown timeout.
@@ -82,6 +85,8 @@ struct Slot {
     respawn_at: Option<Instant>,
     /// When a casualty of this slot was last replaced.
     last_casualty: Option<Instant>,
+    /// Workers of this slot that failed before they were ready, in a row.
+    boot_failures: u32,
 }
 
 impl Slot {
@@ -118,6 +123,8 @@ struct Worker {
     joined_at: Option<Instant>,
     /// It took a request (the LB said so).
     served: bool,
+    /// The last line of its app's output (what it said before it died).
+    last_words: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 /// A worker as the LB knows it, kept to replay to a restarted LB.
@@ -159,6 +166,15 @@ pub struct Supervisor {
     version: u64,
     slots: Vec<Slot>,
     all_ready_once: bool,
+    /// A worker has been ready since the start (the start-up line is out).
+    ever_ready: bool,
+    /// The newest app version a worker of which has been ready.
+    ready_version: u64,
+    /// No worker of the current version has been ready, and one failed to
+    /// start with this error: the LB is told, and `/status` says failing.
+    failing: Option<String>,
+    /// Every slot failed its first start: stop with this error.
+    give_up: Option<String>,
     /// The app watcher (hot reload) and its debounced batches of changes.
     watch: Option<(watch::Watch, mpsc::Receiver<Vec<PathBuf>>)>,
 }
@@ -195,10 +211,14 @@ impl Supervisor {
             version: 1,
             slots,
             all_ready_once: false,
+            ever_ready: false,
+            ready_version: 0,
+            failing: None,
+            give_up: None,
             watch: None,
         };
         supervisor.watch = supervisor.start_watch();
-        supervisor.announce();
+        supervisor.announce("starting");
         if let Err(e) = supervisor.start_lb() {
             supervisor.cleanup();
             return Err(e);
@@ -207,7 +227,9 @@ impl Supervisor {
         Ok(supervisor)
     }
 
-    fn announce(&self) {
+    /// The start-up line: `starting` at once (with the address), `serving`
+    /// when the first worker is ready.
+    fn announce(&self, what: &str) {
         let c = &self.config;
         let host = match c.bind {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -215,7 +237,7 @@ impl Supervisor {
         };
         let plural = if c.workers == 1 { "" } else { "s" };
         let line = format!(
-            "rip-server: serving {} ({}) on http://{host}:{} with {} worker{plural} (pid {})",
+            "rip-server: {what} {} ({}) on http://{host}:{} with {} worker{plural} (pid {})",
             c.app.name,
             c.app.describe(),
             c.port,
@@ -252,7 +274,12 @@ impl Supervisor {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => self.rolling_restart(),
-                Some(event) = self.events.recv() => self.handle(event),
+                Some(event) = self.events.recv() => {
+                    self.handle(event);
+                    if self.give_up.is_some() {
+                        break;
+                    }
+                }
                 Some(changed) = next_change(&mut self.watch) => self.app_changed(changed),
                 _ = tick.tick() => {
                     self.restart_lb_if_due();
@@ -267,6 +294,12 @@ impl Supervisor {
         if forced {
             // As a process killed by SIGINT would report.
             return Err(Failure::Silent(130));
+        }
+        if let Some(error) = self.give_up.take() {
+            return Err(Failure::fatal(format!(
+                "the app cannot start ({} tries in each of {} slots): {error}",
+                FIRST_START_TRIES, self.config.workers
+            )));
         }
         Ok(())
     }
@@ -328,6 +361,20 @@ impl Supervisor {
                 if let State::Starting { .. } = worker.state {
                     worker.state = State::Ready;
                 }
+                if let Some(slot) = self.slots.get_mut(worker.slot) {
+                    slot.boot_failures = 0;
+                }
+                self.ready_version = self.ready_version.max(worker.version);
+                if worker.version >= self.version && self.failing.take().is_some() {
+                    self.send_lb(LinkMsg::Failing { error: None });
+                }
+                if !self.ever_ready {
+                    self.ever_ready = true;
+                    self.announce("serving");
+                }
+                let Some(worker) = self.workers.get_mut(&id) else {
+                    return;
+                };
                 worker.joined_at = Some(Instant::now());
                 info!(
                     "worker {id} ready (pid {}, version {})",
@@ -378,7 +425,7 @@ impl Supervisor {
                     worker.served = true;
                 }
             }
-            LinkMsg::Dead { .. } | LinkMsg::Rejoin { .. } => {}
+            LinkMsg::Dead { .. } | LinkMsg::Rejoin { .. } | LinkMsg::Failing { .. } => {}
         }
     }
 
@@ -414,6 +461,9 @@ impl Supervisor {
             self.reconcile();
             return;
         }
+        if worker.joined_at.is_none() {
+            self.failed_to_start(&worker, &status);
+        }
         let delay = self.crashed(worker.slot);
         if self.slot_filled(worker.slot) {
             error!(
@@ -429,6 +479,44 @@ impl Supervisor {
             );
         }
         self.reconcile();
+    }
+
+    /// A worker died before it was ready: while no worker of the current
+    /// version has been, the LB is told the app is failing (with the app's
+    /// last words); outside development, once every slot has failed its
+    /// first start `FIRST_START_TRIES` times, the server gives up.
+    fn failed_to_start(&mut self, worker: &Worker, status: &ExitStatus) {
+        if let Some(slot) = self.slots.get_mut(worker.slot) {
+            slot.boot_failures += 1;
+        }
+        if worker.version < self.version || self.ready_version >= self.version {
+            return;
+        }
+        let said = worker
+            .last_words
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let said = says_why(said.as_bytes()).map(String::from_utf8_lossy);
+        let said = said.as_deref().unwrap_or("");
+        let error = if said.is_empty() {
+            format!("it exited ({status}) before it was ready")
+        } else {
+            said.to_string()
+        };
+        if self.failing.as_ref() != Some(&error) {
+            self.failing = Some(error.clone());
+            self.send_lb(LinkMsg::Failing {
+                error: Some(error.clone()),
+            });
+        }
+        let everywhere = self
+            .slots
+            .iter()
+            .all(|s| s.boot_failures >= FIRST_START_TRIES);
+        if everywhere && !self.ever_ready && self.config.hot_reload == HotReload::None {
+            self.give_up = Some(error);
+        }
     }
 
     /// Records a casualty in `slot`; returns when its replacement may
@@ -526,11 +614,27 @@ impl Supervisor {
             format!("--app-version={version}"),
         ];
         let mut command = spawn::role(&role, &self.config, &[]);
-        command.stdin(Stdio::null());
+        // Its stderr comes through us: what its app last said is the
+        // reason it gives when it cannot start.
+        command.stdin(Stdio::null()).stderr(Stdio::piped());
         match command.spawn() {
             Ok(mut child) => {
                 // Held before the task below can reap it.
                 let process = spawn::Process::new(child.id().unwrap_or(0));
+                let last_words = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+                let forwarding = child.stderr.take().map(|stderr| {
+                    let last = last_words.clone();
+                    tokio::spawn(async move {
+                        let app_line = |line: &[u8]| says_why(line).is_some();
+                        crate::output::forward(
+                            stderr,
+                            "",
+                            &crate::output::STDERR,
+                            Some((&last, app_line)),
+                        )
+                        .await
+                    })
+                });
                 self.workers.insert(
                     id,
                     Worker {
@@ -542,11 +646,16 @@ impl Supervisor {
                         },
                         joined_at: None,
                         served: false,
+                        last_words,
                     },
                 );
                 let events = self.events_tx.clone();
                 tokio::spawn(async move {
                     if let Ok(status) = child.wait().await {
+                        // Its last lines first, then its exit.
+                        if let Some(task) = forwarding {
+                            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+                        }
                         let _ = events.send(Event::WorkerExited(id, status));
                     }
                 });
@@ -651,9 +760,15 @@ impl Supervisor {
                 let _ = events.send(Event::LbExited(generation, status));
             }
         });
-        // A restarted LB learns the workers that had joined its predecessor.
+        // A restarted LB learns the workers that had joined its predecessor,
+        // and whether the app is failing.
         for msg in replay(&self.joined, &self.workers) {
             let _ = link_tx.send(msg);
+        }
+        if let Some(error) = &self.failing {
+            let _ = link_tx.send(LinkMsg::Failing {
+                error: Some(error.clone()),
+            });
         }
         self.lb = Some(Lb {
             process,
@@ -767,6 +882,16 @@ impl Supervisor {
     }
 }
 
+/// Of a line a worker passed on from its app (`[worker N] ...`), what may
+/// say why the app failed: the app's words, trimmed — not an empty line,
+/// nor a frame of a stack trace (`at ...`), which the error line precedes.
+fn says_why(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(b"[worker ")?;
+    let end = rest.iter().position(|&b| b == b']')?;
+    let said = rest[end + 1..].trim_ascii();
+    (!said.is_empty() && !said.starts_with(b"at ")).then_some(said)
+}
+
 /// What a restarted LB is told of the workers that had joined its
 /// predecessor: only those that may serve. A worker on its way out
 /// (retiring: recycled, reloaded, or retired because its app may be busy
@@ -820,6 +945,7 @@ mod tests {
             state,
             joined_at: Some(now),
             served: true,
+            last_words: Default::default(),
         };
         let workers: BTreeMap<WorkerId, Worker> = [
             (0, worker(State::Ready)),
@@ -875,6 +1001,24 @@ mod tests {
             slot.crashed(later),
             Duration::from_secs(1),
             "the backoff was reset"
+        );
+    }
+
+    #[test]
+    fn the_apps_last_words_skip_stack_frames() {
+        assert_eq!(
+            says_why(b"[worker 3]  Error: boom at import"),
+            Some(&b"Error: boom at import"[..])
+        );
+        assert_eq!(
+            says_why(b"[worker 3]     at file:///app/index.mjs:1:7"),
+            None
+        );
+        assert_eq!(says_why(b"[worker 3] "), None);
+        assert_eq!(says_why(b"rip-server[worker 3] error: app exited"), None);
+        assert_eq!(
+            says_why(b"[worker 12] ValueError: no config"),
+            Some(&b"ValueError: no config"[..])
         );
     }
 

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 use tracing::warn;
@@ -170,55 +170,13 @@ pub async fn wait_ready(
     }
 }
 
-/// Copies the app's output line by line to ours, marked with the worker id,
-/// through the process's output sinks (`crate::output`): a stream that is
-/// full or closed loses lines, and never blocks this task. A line longer
-/// than `output::MAX_LINE` is cut into pieces of that size.
+/// Copies the app's output line by line to ours, marked with the worker id
+/// (see [`output::forward`]).
 async fn forward_lines(pipe: impl AsyncRead + Unpin, id: WorkerId, to_stderr: bool) {
     let sink = if to_stderr {
         &output::STDERR
     } else {
         &output::STDOUT
     };
-    let mut reader = BufReader::new(pipe);
-    let tag = format!("[worker {id}] ");
-    let mut line = Vec::with_capacity(256);
-    loop {
-        let (done, used) = match reader.fill_buf().await {
-            Ok([]) | Err(_) => {
-                if !line.is_empty() {
-                    emit(sink, &tag, &line);
-                }
-                return;
-            }
-            Ok(bytes) => {
-                let room = output::MAX_LINE - line.len();
-                match bytes.iter().take(room).position(|&b| b == b'\n') {
-                    Some(end) => {
-                        line.extend_from_slice(&bytes[..end]);
-                        (true, end + 1)
-                    }
-                    None => {
-                        let n = bytes.len().min(room);
-                        line.extend_from_slice(&bytes[..n]);
-                        (line.len() >= output::MAX_LINE, n)
-                    }
-                }
-            }
-        };
-        reader.consume(used);
-        if done {
-            emit(sink, &tag, &line);
-            line.clear();
-        }
-    }
-}
-
-/// One forwarded line, whole, in one append.
-fn emit(sink: &'static output::Sink, tag: &str, line: &[u8]) {
-    sink.append(|buffer| {
-        buffer.extend_from_slice(tag.as_bytes());
-        buffer.extend_from_slice(line);
-        buffer.push(b'\n');
-    });
+    output::forward(pipe, &format!("[worker {id}] "), sink, None).await;
 }

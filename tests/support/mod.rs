@@ -346,7 +346,7 @@ impl Drop for Server {
 pub fn parse_port(stdout: &str) -> Option<u16> {
     let line = stdout
         .lines()
-        .find(|l| l.starts_with("rip-server: serving"))?;
+        .find(|l| l.starts_with("rip-server: starting") || l.starts_with("rip-server: serving"))?;
     let after = line.split("http://").nth(1)?;
     let host_port = after.split_whitespace().next()?;
     host_port.rsplit(':').next()?.parse().ok()

@@ -82,6 +82,7 @@ impl Rig {
             app_idle_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             tunnels: Tunnels::new(1),
+            failing: Default::default(),
         };
         Rig {
             proxy: Arc::new(proxy),
