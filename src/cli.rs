@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::apps::App;
 use crate::config::{Config, HotReload};
 use crate::stop::StopTarget;
 
@@ -302,6 +303,8 @@ enum Role {
         #[arg(long)]
         pid_fd: RawFd,
         #[command(flatten)]
+        app: ResolvedApp,
+        #[command(flatten)]
         options: Options,
         args: Vec<String>,
     },
@@ -312,6 +315,8 @@ enum Role {
         #[arg(long)]
         link_fd: RawFd,
         #[command(flatten)]
+        app: ResolvedApp,
+        #[command(flatten)]
         options: Options,
         args: Vec<String>,
     },
@@ -321,9 +326,25 @@ enum Role {
         #[arg(long)]
         app_version: u64,
         #[command(flatten)]
+        app: ResolvedApp,
+        #[command(flatten)]
         options: Options,
         args: Vec<String>,
     },
+}
+
+/// The app as the front resolved it (`App::resolved_args`): the roles take
+/// it as it is, and never resolve it again.
+#[derive(Args, Debug)]
+struct ResolvedApp {
+    #[arg(long)]
+    app_kind: String,
+    #[arg(long)]
+    app_name: String,
+    #[arg(long)]
+    app_dir: PathBuf,
+    #[arg(long)]
+    app_runtime: Option<PathBuf>,
 }
 
 /// What this process was asked to do.
@@ -371,30 +392,33 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
             Role::Manager {
                 listen_fd,
                 pid_fd,
+                app,
                 options,
                 args,
             } => Invocation::Manager {
-                config: config_from(&options, &args)?,
+                config: role_config(&app, &options, &args)?,
                 listen_fd,
                 pid_fd,
             },
             Role::Lb {
                 listen_fd,
                 link_fd,
+                app,
                 options,
                 args,
             } => Invocation::Lb {
-                config: config_from(&options, &args)?,
+                config: role_config(&app, &options, &args)?,
                 listen_fd,
                 link_fd,
             },
             Role::Worker {
                 id,
                 app_version,
+                app,
                 options,
                 args,
             } => Invocation::Worker {
-                config: config_from(&options, &args)?,
+                config: role_config(&app, &options, &args)?,
                 id,
                 version: app_version,
             },
@@ -421,7 +445,28 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
 }
 
 fn config_from(options: &Options, args: &[String]) -> Result<Config, ParseOutcome> {
-    Config::from_cli(options, args, &|name| std::env::var(name).ok()).map_err(ParseOutcome::Usage)
+    Config::from_cli(options, args, &|name| std::env::var(name).ok(), None)
+        .map_err(ParseOutcome::Usage)
+}
+
+/// A role's config, with the app the front resolved.
+fn role_config(
+    app: &ResolvedApp,
+    options: &Options,
+    args: &[String],
+) -> Result<Config, ParseOutcome> {
+    let arg = args.first().map(String::as_str).unwrap_or("");
+    let app = App::from_resolved(
+        &app.app_kind,
+        &app.app_name,
+        &app.app_dir,
+        arg,
+        &options.runtime,
+        app.app_runtime.as_deref(),
+    )
+    .map_err(ParseOutcome::Usage)?;
+    Config::from_cli(options, args, &|name| std::env::var(name).ok(), Some(app))
+        .map_err(ParseOutcome::Usage)
 }
 
 /// Turns a clap error into one line (or the help/version text).
@@ -444,6 +489,7 @@ fn clap_outcome(err: clap::Error) -> ParseOutcome {
 /// `role` is e.g. `["worker", "3", "--app-version=1"]`.
 pub fn role_args(role: &[String], config: &Config) -> Vec<String> {
     let mut args: Vec<String> = role.to_vec();
+    args.extend(config.app.resolved_args());
     args.extend(config.to_args());
     args
 }

@@ -151,13 +151,22 @@ pub fn cpu_count() -> usize {
 
 impl Config {
     /// Builds a config from flags, tokens and the environment, resolving the
-    /// app. Errors are one line naming the problem.
-    pub fn from_cli(options: &Options, args: &[String], env: Env) -> Result<Config, String> {
+    /// app (unless `resolved` gives it: a role takes the front's). Errors
+    /// are one line naming the problem.
+    pub fn from_cli(
+        options: &Options,
+        args: &[String],
+        env: Env,
+        resolved: Option<App>,
+    ) -> Result<Config, String> {
         let tokens = Tokens::parse(args)?;
         let app_arg = tokens
             .app
             .ok_or("missing <app-path> (for example: rip-server examples/hello http:3000)")?;
-        let app = App::resolve(&app_arg, &options.runtime, env)?;
+        let app = match resolved {
+            Some(app) => app,
+            None => App::resolve(&app_arg, &options.runtime, env)?,
+        };
         let port = match tokens.port {
             Some(port) => port,
             None => match env("PORT") {

@@ -144,6 +144,34 @@ fn outside_development_a_server_whose_app_cannot_start_gives_up() {
 }
 
 #[test]
+fn a_worker_started_while_the_entry_is_gone_for_a_moment_does_not_exit_2() {
+    // The front resolved the app; roles do not resolve it again, so an
+    // editor's atomic save (the file missing for a moment) costs at most
+    // a failed app start, never a worker that cannot parse its argv.
+    let app = tempfile::tempdir().unwrap();
+    let probe_source = std::fs::read_to_string(repo().join("tests/apps/probe/app")).unwrap();
+    let entry = write_app(app.path(), "app", &probe_source, true);
+    let server = Server::start(&[app.path().to_str().unwrap(), "w:1", "--hot-reload=none"]);
+    server.wait_workers(1);
+    let moved = app.path().join("app.saving");
+    std::fs::rename(&entry, &moved).unwrap();
+    // The app dies; its replacement starts while the entry is missing.
+    assert_eq!(server.get("/die").status, 502);
+    server.wait_output("worker 1 (pid");
+    std::fs::rename(&moved, &entry).unwrap();
+    eventually("a worker serving again", || {
+        let status = server.status()?;
+        (status["status"] == "healthy").then_some(())
+    });
+    let log = server.stderr.text();
+    assert!(!log.contains("exit status: 2"), "a worker exited 2:\n{log}");
+    assert!(
+        !log.contains("does not exist"),
+        "a role resolved the app again:\n{log}"
+    );
+}
+
+#[test]
 fn an_app_that_never_gets_ready_times_out_and_is_restarted() {
     let dir = socket_dir();
     write_app(dir.path(), "app", "#!/bin/sh\nexec sleep 60\n", true);

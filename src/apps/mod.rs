@@ -121,6 +121,75 @@ impl App {
         Ok(App { name, dir, kind })
     }
 
+    /// The app as resolved, for the roles (see [`App::from_resolved`]): its
+    /// kind, name, directory and runtime binary.
+    pub fn resolved_args(&self) -> Vec<String> {
+        let kind = match &self.kind {
+            AppKind::Module { .. } => "module",
+            AppKind::Command { .. } => "command",
+            AppKind::Builtin(_) => "builtin",
+        };
+        let mut args = vec![
+            format!("--app-kind={kind}"),
+            format!("--app-name={}", self.name),
+            format!("--app-dir={}", self.dir.display()),
+        ];
+        if let AppKind::Module { runtime, .. } = &self.kind {
+            args.push(format!("--app-runtime={}", runtime.path.display()));
+        }
+        args
+    }
+
+    /// The app the front resolved, rebuilt from [`App::resolved_args`], the
+    /// `<app-path>` argument and the `--runtime` kind — without looking at
+    /// the filesystem again: a role never fails because a file moved for a
+    /// moment (an editor's atomic save) after the start.
+    pub fn from_resolved(
+        kind: &str,
+        name: &str,
+        dir: &Path,
+        arg: &str,
+        runtime: &str,
+        runtime_path: Option<&Path>,
+    ) -> Result<App, String> {
+        let kind = match kind {
+            "builtin" => {
+                let builtin = arg
+                    .strip_prefix("builtin:")
+                    .and_then(builtin::Builtin::from_name)
+                    .ok_or_else(|| format!("--app-kind=builtin with app '{arg}'"))?;
+                AppKind::Builtin(builtin)
+            }
+            "command" => AppKind::Command {
+                program: PathBuf::from(arg),
+            },
+            "module" => {
+                let kind = match runtime {
+                    "bun" => RuntimeKind::Bun,
+                    "node" => RuntimeKind::Node,
+                    other => return Err(format!("--app-kind=module with --runtime={other}")),
+                };
+                let path = runtime_path
+                    .ok_or("--app-kind=module without --app-runtime")?
+                    .to_path_buf();
+                AppKind::Module {
+                    entry: PathBuf::from(arg),
+                    runtime: Runtime { kind, path },
+                }
+            }
+            other => {
+                return Err(format!(
+                    "--app-kind={other}: expected module, command or builtin"
+                ))
+            }
+        };
+        Ok(App {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            kind,
+        })
+    }
+
     /// The `<app-path>` argument that resolves to this app again.
     pub fn arg(&self) -> String {
         match &self.kind {
