@@ -7,14 +7,14 @@
 //! settings the front validated.
 
 use std::ffi::OsString;
-use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::apps::App;
-use crate::config::{Config, HotReload};
+use crate::config::Config;
+pub use crate::flags::Options;
 use crate::stop::StopTarget;
 
 const LONG_ABOUT: &str = "\
@@ -40,229 +40,6 @@ Examples:
   rip-server examples/python http:0 w:4 --no-access-log
   rip-server builtin:hello http:8080
   rip-server --stop examples/hello";
-
-/// A byte count: digits with an optional K, M or G (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
-        _ => (text, 'B'),
-    };
-    let scale: u64 = match unit {
-        'B' => 1,
-        'K' => 1 << 10,
-        'M' => 1 << 20,
-        'G' => 1 << 30,
-        _ => return Err(format!("'{text}': the unit must be K, M or G")),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size (e.g. 1048576, 512K, 100M, 1G)"))?;
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("'{text}' is too large"))
-}
-
-/// `on` or `off`.
-pub fn parse_on_off(text: &str) -> Result<bool, String> {
-    match text {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("'{text}': expected on or off")),
-    }
-}
-
-/// The settings every role shares, spelled as flags.
-#[derive(Args, Debug, Clone)]
-pub struct Options {
-    /// Address the public port listens on
-    #[arg(long, env = "RIP_BIND", value_name = "ADDR", default_value = "0.0.0.0")]
-    pub bind: IpAddr,
-
-    /// Up to N more requests per worker before it is recycled, drawn at random, so workers started together do not recycle together
-    #[arg(
-        long,
-        env = "RIP_MAX_REQUESTS_JITTER",
-        value_name = "N",
-        default_value_t = 0
-    )]
-    pub max_requests_jitter: u64,
-
-    /// Module reloads a worker takes before it is recycled
-    #[arg(long, env = "RIP_MAX_RELOADS", value_name = "N", default_value_t = 10)]
-    pub max_reloads: u32,
-
-    /// Reload mode [default: module when NODE_ENV/RIP_ENV is unset or development/dev, else none]
-    #[arg(long, env = "RIP_HOT_RELOAD", value_name = "MODE", value_enum)]
-    pub hot_reload: Option<HotReload>,
-
-    /// Capacity of the load balancer's queue
-    #[arg(long, env = "RIP_MAX_QUEUE", value_name = "N", default_value_t = 8192)]
-    pub max_queue: usize,
-
-    /// Longest wait in the queue before `504 Queue timeout`
-    #[arg(
-        long,
-        env = "RIP_QUEUE_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 2000
-    )]
-    pub queue_timeout_ms: u64,
-
-    /// Accepted for compatibility with the original; a connect to a worker's unix socket never waits (it succeeds, or fails at once and the next worker is tried)
-    #[arg(
-        long,
-        env = "RIP_CONNECT_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 200
-    )]
-    pub connect_timeout_ms: u64,
-
-    /// How long the LB waits for a worker's response head, from the end of the request, before `504 Upstream timeout`
-    #[arg(
-        long,
-        env = "RIP_READ_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 5000
-    )]
-    pub read_timeout_ms: u64,
-
-    /// How long a graceful stop may take before what is left is killed
-    #[arg(
-        long,
-        env = "RIP_SHUTDOWN_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 10000
-    )]
-    pub shutdown_timeout_ms: u64,
-
-    /// How long an app may take to become ready before its start counts as a crash
-    #[arg(
-        long,
-        env = "RIP_BOOT_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 30000
-    )]
-    pub boot_timeout_ms: u64,
-
-    /// Largest request body accepted (bytes; K, M, G suffixes are powers of 1024); larger is `413`
-    #[arg(long, env = "RIP_MAX_BODY", value_name = "BYTES", default_value = "100M", value_parser = parse_size)]
-    pub max_body: u64,
-
-    /// Read a request's whole body before a worker takes it (on), or stream it to the worker as it comes (off)
-    #[arg(long, env = "RIP_REQUEST_BUFFERING", value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub request_buffering: bool,
-
-    /// The most of one request body held in memory while it is read (beyond: an unnamed temp file)
-    #[arg(long, env = "RIP_BODY_BUFFER", value_name = "BYTES", default_value = "64K", value_parser = parse_size)]
-    pub body_buffer: u64,
-
-    /// The most memory all request bodies being held may take together (beyond: temp files)
-    #[arg(long, env = "RIP_BUFFER_MEMORY", value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
-    pub buffer_memory: u64,
-
-    /// The most temp-file bytes all responses waiting for slow clients may take together (beyond: the client's pace)
-    #[arg(long, env = "RIP_BUFFER_DISK", value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
-    pub buffer_disk: u64,
-
-    /// Read an app's response as fast as it comes and keep what a slow client has not taken (on), or relay at the client's pace (off)
-    #[arg(long, env = "RIP_RESPONSE_BUFFERING", value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub response_buffering: bool,
-
-    /// WebSocket tunnels open at once; each holds a worker for its life (default: one fewer than the workers, at least 1)
-    #[arg(long, env = "RIP_MAX_TUNNELS", value_name = "N")]
-    pub max_tunnels: Option<usize>,
-
-    /// How long a client may pause while sending a request body
-    #[arg(
-        long,
-        env = "RIP_BODY_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 10000
-    )]
-    pub body_timeout_ms: u64,
-
-    /// The least a request body must average once it has taken longer than the body timeout (bytes a second, K/M suffixes; 0: none), else `408`
-    #[arg(long, env = "RIP_MIN_BODY_RATE", value_name = "BYTES", default_value = "500", value_parser = parse_size)]
-    pub min_body_rate: u64,
-
-    /// How long an app may pause in the middle of a response body before the response is cut short
-    #[arg(
-        long,
-        env = "RIP_APP_IDLE_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 60000
-    )]
-    pub app_idle_timeout_ms: u64,
-
-    /// How long a write to a client may wait (a client that reads slower is let go)
-    #[arg(
-        long,
-        env = "RIP_SEND_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 60000
-    )]
-    pub send_timeout_ms: u64,
-
-    /// How long a client may take to send a request head, from its first byte
-    #[arg(
-        long,
-        env = "RIP_HEADER_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 10000
-    )]
-    pub header_timeout_ms: u64,
-
-    /// How long a kept-alive client connection may sit idle between requests
-    #[arg(
-        long,
-        env = "RIP_IDLE_TIMEOUT_MS",
-        value_name = "MS",
-        default_value_t = 60000
-    )]
-    pub idle_timeout_ms: u64,
-
-    /// Threads of the load balancer's runtime (1: a single-threaded event loop, the fastest here)
-    #[arg(long, env = "RIP_LB_THREADS", value_name = "N", default_value_t = 1)]
-    pub lb_threads: usize,
-
-    /// Forward request header names that contain '_' (dropped by default: CGI-style apps read them as '-')
-    #[arg(long, env = "RIP_ALLOW_UNDERSCORE_HEADERS")]
-    pub allow_underscore_headers: bool,
-
-    /// Write access log lines as JSON
-    #[arg(long = "json-logging", visible_alias = "json")]
-    pub json_logging: bool,
-
-    /// Write no access log
-    #[arg(long)]
-    pub no_access_log: bool,
-
-    /// Label in the socket prefix (rip_<variant>_<app>)
-    #[arg(
-        long,
-        env = "RIP_VARIANT",
-        value_name = "NAME",
-        default_value = "server2"
-    )]
-    pub variant: String,
-
-    /// Whole socket prefix [default: rip_<variant>_<app>]
-    #[arg(long, value_name = "PREFIX")]
-    pub socket_prefix: Option<String>,
-
-    /// Directory for the sockets and the pid file
-    #[arg(
-        long,
-        env = "RIP_SOCKET_DIR",
-        value_name = "DIR",
-        default_value = "/tmp"
-    )]
-    pub socket_dir: PathBuf,
-
-    /// JavaScript runtime for module apps: auto (Bun if installed, else Node), bun or node
-    #[arg(long, env = "RIP_RUNTIME", value_name = "NAME", default_value = "auto")]
-    pub runtime: String,
-}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -576,17 +353,6 @@ mod tests {
             }
             other => panic!("expected a worker, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn sizes_take_units() {
-        assert_eq!(parse_size("100"), Ok(100));
-        assert_eq!(parse_size("512K"), Ok(512 << 10));
-        assert_eq!(parse_size("100m"), Ok(100 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert!(parse_size("1T").is_err());
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("").is_err());
     }
 
     #[test]

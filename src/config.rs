@@ -10,26 +10,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::apps::App;
-use crate::cli::Options;
+use crate::flags::Options;
 use crate::paths::Paths;
 
-/// The `--hot-reload` modes (docs/DESIGN.md §7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum HotReload {
-    None,
-    Process,
-    Module,
-}
-
-impl HotReload {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HotReload::None => "none",
-            HotReload::Process => "process",
-            HotReload::Module => "module",
-        }
-    }
-}
+pub use crate::flags::HotReload;
 
 /// How access log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +74,7 @@ pub struct Config {
     pub paths: Paths,
 }
 
-/// Where the environment comes from (a closure, so tests can fake it).
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub use crate::apps::Env;
 
 const DEFAULT_PORT: u16 = 5002;
 const DEFAULT_MAX_REQUESTS: u64 = 10_000;

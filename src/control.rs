@@ -13,13 +13,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::http;
 
+/// A worker's id, as the protocol names it (`workerId`): the manager gives
+/// each worker it starts a new one; a worker is the pair (id, socket).
+pub type WorkerId = u32;
+
 /// A message a worker sends the load balancer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Message {
     Join {
         #[serde(rename = "workerId")]
-        worker_id: u32,
+        worker_id: WorkerId,
         /// Optional on the wire: the original's LB never needed it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pid: Option<u32>,
@@ -29,7 +33,7 @@ pub enum Message {
     },
     Quit {
         #[serde(rename = "workerId")]
-        worker_id: u32,
+        worker_id: WorkerId,
     },
 }
 

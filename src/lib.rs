@@ -11,6 +11,7 @@
 //! Modules:
 //!
 //! - [`cli`]: the command-line grammar and the argv of the hidden roles.
+//! - [`flags`]: the settings every role shares, as flags (a leaf).
 //! - [`config`]: validated settings shared by every role.
 //! - [`paths`]: socket and pid-file paths and their safety checks.
 //! - [`control`]: the join/quit protocol spoken on the control socket.
@@ -26,6 +27,7 @@ pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod flags;
 pub mod front;
 pub mod http;
 pub mod lb;

@@ -1,8 +1,8 @@
 //! How one process starts another.
 //!
 //! Roles are the same binary re-executed (`/proc/self/exe`, shown as
-//! `rip-server <role> ...` in `ps`) with the argv [`crate::cli::role_args`]
-//! builds. Every child — roles and apps alike — gets its own process group,
+//! `rip-server <role> ...` in `ps`) with the argv `cli::role_args` builds
+//! (the caller's: this module knows no settings). Every child — roles and apps alike — gets its own process group,
 //! so a terminal's Ctrl-C reaches only the manager, which stops everything
 //! in order; dies with its parent (`PR_SET_PDEATHSIG`), so no process
 //! outlives a killed manager; and inherits only the descriptors named.
@@ -14,16 +14,11 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getpid, getppid, setpgid, Pid};
 
-use crate::cli;
-use crate::config::Config;
-
-/// A command that starts this binary in `role` (e.g. `["lb"]`) with
-/// `config`, inheriting the descriptors in `keep`.
-pub fn role(role: &[String], config: &Config, keep: &[RawFd]) -> tokio::process::Command {
+/// A command that starts this binary with `args` (a role's argv, from
+/// `cli::role_args`), inheriting the descriptors in `keep`.
+pub fn role(args: Vec<String>, keep: &[RawFd]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new("/proc/self/exe");
-    command
-        .arg0("rip-server")
-        .args(cli::role_args(role, config));
+    command.arg0("rip-server").args(args);
     supervised(&mut command, keep);
     command
 }

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-use crate::lb::pool::WorkerId;
+use crate::control::WorkerId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {

@@ -11,14 +11,15 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::Env;
-
 /// The module loader the workers run under Bun or Node: it serves the worker
 /// socket, answers `/ready` and the busy guard, and does module hot reload.
 pub const LOADER: &str = include_str!("loader.mjs");
 
 /// Entry files probed in an app directory, in order; then an executable `app`.
 const ENTRIES: [&str; 4] = ["index.rip", "index.ts", "index.js", "index.mjs"];
+
+/// Where the environment comes from (a closure, so tests can fake it).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct App {

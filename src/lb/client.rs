@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::http1::{self, HeadError, Own, RequestHead};
-use super::io::Socket;
-use super::proxy::{Client, Next, HEAD_CHUNK};
+use super::io::{Socket, HEAD_CHUNK};
+use super::proxy::{Client, Next};
 use super::Lb;
 
 /// How long a connection may wait.

@@ -30,6 +30,11 @@ fn register<T: AsRawFd>(owned: T, interest: Interest) -> io::Result<AsyncFd<T>> 
     Ok(unsafe { AsyncFd::register_with_interest(owned, interest) }?)
 }
 
+/// Read size while a head is incomplete.
+pub const HEAD_CHUNK: usize = 4096;
+/// Read size while a body streams.
+pub const BODY_CHUNK: usize = 64 * 1024;
+
 /// The most pieces one `writev` call is given.
 const MAX_PARTS: usize = 16;
 

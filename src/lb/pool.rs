@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub type WorkerId = u32;
+pub use crate::control::WorkerId;
 
 /// Which checkout of a worker: every checkout gets a new one.
 pub type Epoch = u64;

@@ -22,14 +22,10 @@ use super::balancer::{Balancer, Reject};
 use super::body::{BodyError, Output, Relayer, RequestBody};
 use super::exchange::{Exchange, Limits, Phase, Then};
 use super::http1::{self, DateCache, Framing, Own, Parsed, RequestHead};
-use super::io::Socket;
+use super::io::{Socket, BODY_CHUNK, HEAD_CHUNK};
 use super::spool::{Spool, Spools};
 use super::upstream::Upstream;
 
-/// Read size while a head is incomplete.
-pub const HEAD_CHUNK: usize = 4096;
-/// Read size while a body streams.
-pub const BODY_CHUNK: usize = 64 * 1024;
 /// Read size while a body is read to be held: small, as a thousand
 /// clients may be sending at once.
 const HOLD_CHUNK: usize = 16 * 1024;

@@ -30,7 +30,7 @@ impl Upstream {
     pub fn connect(path: &Path) -> io::Result<Upstream> {
         Ok(Upstream {
             socket: Socket::connect_unix(path)?,
-            buf: Vec::with_capacity(super::proxy::HEAD_CHUNK),
+            buf: Vec::with_capacity(super::io::HEAD_CHUNK),
             out: Output::default(),
             body_buf: Vec::new(),
             body_out: Output::default(),

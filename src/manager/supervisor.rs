@@ -15,10 +15,10 @@ use tracing::{error, info, warn};
 
 use crate::apps::{AppKind, LOADER};
 use crate::config::{Config, HotReload};
-use crate::lb::pool::WorkerId;
+use crate::control::WorkerId;
 use crate::link::{self, LinkMsg};
 use crate::paths::{answers, remove_ours, Owned, PidFile};
-use crate::{front, spawn, Failure};
+use crate::{cli, front, spawn, Failure};
 
 use super::watch;
 
@@ -613,7 +613,7 @@ impl Supervisor {
             id.to_string(),
             format!("--app-version={version}"),
         ];
-        let mut command = spawn::role(&role, &self.config, &[]);
+        let mut command = spawn::role(cli::role_args(&role, &self.config), &[]);
         // Its stderr comes through us: what its app last said is the
         // reason it gives when it cannot start.
         command.stdin(Stdio::null()).stderr(Stdio::piped());
@@ -723,8 +723,7 @@ impl Supervisor {
             format!("--link-fd={}", theirs.as_raw_fd()),
         ];
         let mut command = spawn::role(
-            &role,
-            &self.config,
+            cli::role_args(&role, &self.config),
             &[self.listener.as_raw_fd(), theirs.as_raw_fd()],
         );
         command.stdin(Stdio::null());

@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::apps::{builtin, AppKind};
 use crate::config::Config;
-use crate::lb::pool::WorkerId;
+use crate::control::WorkerId;
 use crate::{http, output, spawn, Failure};
 
 // One per worker process, made once: its size does not matter.

@@ -19,8 +19,8 @@ use tokio::time::{sleep, Instant};
 use tracing::{error, warn};
 
 use crate::config::Config;
+use crate::control::WorkerId;
 use crate::control::{self, Message};
-use crate::lb::pool::WorkerId;
 use crate::paths::{remove_ours, Owned};
 use crate::Failure;
 
