@@ -228,7 +228,10 @@ impl<C, W> Pool<C, W> {
     }
 
     /// Adds a worker, or — for the same id and socket again — leaves it as
-    /// it is (a worker retrying its join, a replay after an LB restart).
+    /// it is (a worker retrying its join, a replay after an LB restart),
+    /// unless it was retired and has no request out: then it is back, fresh
+    /// (an external worker that restarted under its id, as the original's
+    /// do after their request budget).
     /// If requests are waiting, the oldest live one gets it at once through
     /// `deliver`. A newer `version` than any seen makes every older worker
     /// ineligible for new requests; a worker without one is always current.
@@ -248,13 +251,16 @@ impl<C, W> Pool<C, W> {
                     socket: slot.socket.clone(),
                 });
             }
-            if slot.life != Life::Leaving {
-                return Ok(false);
+            match (slot.life, slot.lease) {
+                (Life::Retired, None) => self.forget(id),
+                // It quit while busy and says it is back: it serves again
+                // once its request is over.
+                (Life::Leaving, _) => {
+                    slot.life = Life::Serving;
+                    return Ok(true);
+                }
+                _ => return Ok(false),
             }
-            // It quit while busy and says it is back: it serves again once
-            // its request is over.
-            slot.life = Life::Serving;
-            return Ok(true);
         }
         if let Some(v) = version {
             if self.newest.is_none_or(|n| v > n) {
@@ -1056,6 +1062,21 @@ mod tests {
         assert!(p.in_flight(0));
         p.checkin(0, second.epoch, None, Outcome::Done, now, |_, c| Err(c));
         assert_eq!(take(&mut p), Some(0));
+    }
+
+    #[test]
+    fn a_retired_worker_that_joins_again_is_back() {
+        // An external worker that died (found unreachable, so retired) and
+        // was restarted under its id and socket, as the original's are.
+        let now = Instant::now();
+        let mut p = pool(8, 0);
+        join(&mut p, 7, None, now);
+        assert_eq!(take(&mut p), Some(7));
+        checkin(&mut p, 7, Outcome::Abandoned, now);
+        assert_eq!(take(&mut p), None, "retired");
+        join(&mut p, 7, None, now);
+        assert_eq!(p.stats().workers, 1);
+        assert_eq!(take(&mut p), Some(7), "back after its join");
     }
 
     #[test]

@@ -177,6 +177,7 @@ impl Run {
 
     fn step(&mut self, op: &Op) -> Result<(), String> {
         let before = self.lives();
+        let mut joined = false;
         let now = self.now;
         let mut delivered: Vec<(W, Checkout<()>)> = Vec::new();
         let waiters = &self.waiters;
@@ -197,6 +198,9 @@ impl Run {
                 let was = self.pool.slots.get(&id).map(|s| s.socket.clone());
                 let snap = snapshot(&self.pool);
                 let result = self.pool.join(id, &path, version, now, &mut deliver);
+                // A retired worker that joins again is back (fresh): judge
+                // what the join hands out by the pool after it.
+                joined = true;
                 match (was, result) {
                     (Some(s), Err(conflict)) if *s != *path => {
                         if snapshot(&self.pool) != snap {
@@ -345,6 +349,7 @@ impl Run {
                 }
             }
         }
+        let before = if joined { self.lives() } else { before };
         for ((key, deadline), c) in delivered {
             if deadline <= now {
                 return Err(format!("waiter {key} served after its deadline"));
