@@ -11,8 +11,6 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use support::*;
 
 /// Sends raw bytes on a fresh connection; returns everything the server
@@ -469,25 +467,9 @@ fn killing_apps_and_workers_under_load_fails_at_most_one_request_per_kill() {
     for round in 0..6 {
         thread::sleep(Duration::from_millis(400));
         // Alternate: a worker process, then an app process.
-        let workers: Vec<u32> = server
-            .children()
-            .into_iter()
-            .filter(|(_, argv)| argv[1] == "worker")
-            .map(|(pid, _)| pid)
-            .collect();
-        let Some(&worker) = workers.get(round % workers.len().max(1)) else {
-            continue;
-        };
-        let target = if round % 2 == 0 {
-            worker
-        } else {
-            match children_of(worker).first() {
-                Some(&app) => app,
-                None => continue,
-            }
-        };
-        kill(Pid::from_raw(target as i32), Signal::SIGKILL).unwrap();
-        kills += 1;
+        if kill_worker_or_app(&server, round) {
+            kills += 1;
+        }
     }
     thread::sleep(Duration::from_millis(300));
     let answers = load.finish();

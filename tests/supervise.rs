@@ -54,12 +54,7 @@ fn a_worker_that_served_is_replaced_at_once() {
 #[test]
 fn a_crash_loop_backs_off_and_shows_the_apps_error() {
     let dir = socket_dir();
-    write_app(
-        dir.path(),
-        "app",
-        "#!/bin/sh\necho 'cannot start: config missing' >&2\nexit 1\n",
-        true,
-    );
+    write_app(dir.path(), "app", CRASHING_APP, true);
     let server = Server::start(&[dir.path().to_str().unwrap(), "w:1"]);
     server.wait_output("[worker 0] cannot start: config missing");
     // 1 s, then 2 s: by 2.5 s there have been at most two restarts.
@@ -81,12 +76,7 @@ fn a_crash_loop_backs_off_and_shows_the_apps_error() {
 #[test]
 fn an_app_that_cannot_start_is_said_so_at_once() {
     let dir = socket_dir();
-    write_app(
-        dir.path(),
-        "app",
-        "#!/bin/sh\necho 'cannot start: config missing' >&2\nexit 1\n",
-        true,
-    );
+    write_app(dir.path(), "app", CRASHING_APP, true);
     let server = Server::start(&[dir.path().to_str().unwrap(), "w:2"]);
     // No worker ever ready: /status says so, with the app's words...
     let status = eventually("failing in /status", || {
@@ -113,12 +103,7 @@ fn an_app_that_cannot_start_is_said_so_at_once() {
 fn outside_development_a_server_whose_app_cannot_start_gives_up() {
     let dir = socket_dir();
     let app_dir = tempfile::tempdir().unwrap();
-    write_app(
-        app_dir.path(),
-        "app",
-        "#!/bin/sh\necho 'cannot start: config missing' >&2\nexit 1\n",
-        true,
-    );
+    write_app(app_dir.path(), "app", CRASHING_APP, true);
     let dir_arg = format!("--socket-dir={}", dir.path().display());
     let started = Instant::now();
     let out = run(
@@ -572,25 +557,9 @@ fn killing_a_worker_or_app_every_second_fails_no_more_requests_than_kills() {
     let mut kills = 0;
     for round in 0..8 {
         thread::sleep(Duration::from_millis(1000));
-        let workers: Vec<u32> = server
-            .children()
-            .into_iter()
-            .filter(|(_, argv)| argv.get(1).is_some_and(|a| a == "worker"))
-            .map(|(pid, _)| pid)
-            .collect();
-        let Some(&worker) = workers.get(round % workers.len().max(1)) else {
-            continue;
-        };
-        let target = if round % 2 == 0 {
-            worker
-        } else {
-            match children_of(worker).first() {
-                Some(&app) => app,
-                None => continue,
-            }
-        };
-        kill(Pid::from_raw(target as i32), Signal::SIGKILL).unwrap();
-        kills += 1;
+        if kill_worker_or_app(&server, round) {
+            kills += 1;
+        }
     }
     thread::sleep(Duration::from_millis(500));
     let answers = load.finish();

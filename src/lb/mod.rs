@@ -328,3 +328,18 @@ impl Lb {
         body.to_string().into_bytes()
     }
 }
+
+/// A property-test runner for the LB's model tests: `cases` cases, or
+/// `PROPTEST_CASES` of them; nothing persisted.
+#[cfg(test)]
+fn model_runner(cases: u32) -> proptest::test_runner::TestRunner {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(cases);
+    proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })
+}

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 use super::{Checkin, Checkout, Epoch, Life, Outcome, Pool, WorkerId, SPENT_GRACE};
 
@@ -444,15 +444,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 
 #[test]
 fn random_sequences_keep_the_pool_true() {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(3000);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = crate::lb::model_runner(3000);
     runner
         .run(&proptest::collection::vec(op(), 1..60), |ops| run(&ops))
         .unwrap();

@@ -623,6 +623,36 @@ impl Client {
     }
 }
 
+/// SIGKILLs, in `round`'s turn, a worker process (even rounds) or its
+/// app process (odd rounds) of `server`; false if there was none to kill.
+pub fn kill_worker_or_app(server: &Server, round: usize) -> bool {
+    let workers: Vec<u32> = server
+        .children()
+        .into_iter()
+        .filter(|(_, argv)| argv.get(1).is_some_and(|a| a == "worker"))
+        .map(|(pid, _)| pid)
+        .collect();
+    let Some(&worker) = workers.get(round % workers.len().max(1)) else {
+        return false;
+    };
+    let target = if round % 2 == 0 {
+        worker
+    } else {
+        match children_of(worker).first() {
+            Some(&app) => app,
+            None => return false,
+        }
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(target as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .is_ok()
+}
+
+/// A command app that says why it cannot start, on stderr, and exits 1.
+pub const CRASHING_APP: &str = "#!/bin/sh\necho 'cannot start: config missing' >&2\nexit 1\n";
+
 /// Writes an app file (mode 0755 when `executable`) into `dir`.
 pub fn write_app(dir: &Path, name: &str, source: &str, executable: bool) -> PathBuf {
     let path = dir.join(name);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -337,15 +337,7 @@ fn event_sets_whole(event: Event) -> bool {
 
 #[test]
 fn sequences_keep_the_guarantees() {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2000);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = crate::lb::model_runner(2000);
     let rt = paused_runtime();
     let strategy = (
         any::<bool>(),
