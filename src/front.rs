@@ -29,7 +29,7 @@ const BACKLOG: i32 = 4096;
 pub fn run(config: Config) -> Result<(), Failure> {
     prepare_socket_dir(&config.paths)?;
     // Nothing is removed, bound or started before the lock is ours.
-    let pid_file = lock_pid_file(&config.paths)?;
+    let pid_file = lock_pid_file(&config)?;
     let pid_path = config.paths.pid();
     // Returns only if the manager could not be started.
     let failed = become_manager(config, &pid_file);
@@ -89,14 +89,23 @@ fn prepare_socket_dir(paths: &Paths) -> Result<(), Failure> {
 /// One server per prefix: refuse to start while another one runs.
 /// Locks the pid file (`paths::PidFile`): exit 2 naming the server that
 /// holds it.
-fn lock_pid_file(paths: &Paths) -> Result<PidFile, Failure> {
+fn lock_pid_file(config: &Config) -> Result<PidFile, Failure> {
+    let paths = &config.paths;
     match PidFile::lock(&paths.pid()) {
         Ok(pid_file) => Ok(pid_file),
         Err(LockError::Held(pid)) => {
             let pid = pid.map_or("?".to_string(), |p| p.to_string());
+            // `--stop` with this app stops this server only (without an
+            // app it would stop every server in the socket dir).
+            let dir = if paths.dir() == std::path::Path::new("/tmp") {
+                String::new()
+            } else {
+                format!(" --socket-dir={}", paths.dir().display())
+            };
             Err(Failure::Usage(format!(
-                "a server with socket prefix {} is already running (pid {pid}); stop it with 'kill {pid}'",
-                paths.prefix()
+                "a server with socket prefix {} is already running (pid {pid}); stop it with 'rip-server --stop {}{dir}' or 'kill {pid}'",
+                paths.prefix(),
+                config.app.arg()
             )))
         }
         Err(LockError::Failed(why)) => Err(Failure::Usage(why)),

@@ -70,8 +70,8 @@ pub fn run(target: StopTarget) -> Result<(), Failure> {
             StopTarget::App(config) => format!("for {}", config.app.name),
             StopTarget::All(dir) => format!("in {}", dir.display()),
         };
-        crate::output::STDOUT.line(format!("rip-server: no running server {which}").as_bytes());
-        return Ok(());
+        // Nothing was stopped: a script that asked for a stop should know.
+        return Err(Failure::fatal(format!("no running server {which}")));
     }
     for (process, _) in &found {
         process.signal(Signal::SIGTERM);

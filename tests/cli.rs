@@ -225,7 +225,10 @@ fn stop_stops_a_running_server_and_says_so() {
         "{stdout}"
     );
     assert!(server.stop().success());
+    // Nothing left to stop: exit 1 with one line.
     let out = run(&["--stop", &dir], &[]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no running server"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("rip-server: no running server"), "{stderr}");
 }

@@ -157,6 +157,19 @@ fn a_worker_started_while_the_entry_is_gone_for_a_moment_does_not_exit_2() {
 }
 
 #[test]
+fn the_log_names_the_apps_own_exit_status() {
+    let dir = socket_dir();
+    write_app(dir.path(), "app", "#!/bin/sh\nexit 3\n", true);
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:1"]);
+    server.wait_output("worker 0 (pid");
+    let log = server.stderr.text();
+    assert!(
+        log.contains("exited unexpectedly (exit status: 3)"),
+        "the manager did not name the app's exit status:\n{log}"
+    );
+}
+
+#[test]
 fn an_app_that_never_gets_ready_times_out_and_is_restarted() {
     let dir = socket_dir();
     write_app(dir.path(), "app", "#!/bin/sh\nexec sleep 60\n", true);

@@ -88,11 +88,16 @@ impl App {
         let path = fs::canonicalize(given).map_err(|e| format!("app path '{arg}': {e}"))?;
         let (dir, entry) = if meta.is_dir() {
             let entry = probe_entry(&path).ok_or_else(|| {
-                format!(
-                    "no app entry in {}: looked for {}, and an executable 'app'",
-                    path.display(),
-                    ENTRIES.join(", ")
-                )
+                let app = path.join("app");
+                if app.is_file() {
+                    format!("{} is not executable (chmod +x it)", app.display())
+                } else {
+                    format!(
+                        "no app entry in {}: looked for {}, and an executable 'app'",
+                        path.display(),
+                        ENTRIES.join(", ")
+                    )
+                }
             })?;
             (path, entry)
         } else {
@@ -360,5 +365,12 @@ mod tests {
         assert!(err.contains("no app entry"), "{err}");
         let err = App::resolve("/no/such/app", "auto", &empty).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
+        // An `app` that is not executable is said to be just that.
+        std::fs::write(dir.path().join("app"), "#!/bin/sh\n").expect("write");
+        let err = App::resolve(&dir.path().display().to_string(), "auto", &empty).unwrap_err();
+        assert!(
+            err.ends_with("/app is not executable (chmod +x it)"),
+            "{err}"
+        );
     }
 }

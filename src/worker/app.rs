@@ -95,12 +95,23 @@ impl RunningApp {
         }
     }
 
-    /// Waits until the app exits; describes how. A built-in app never does.
-    pub async fn exited(&mut self) -> String {
+    /// Waits until the app exits; says how, and the exit code the worker
+    /// passes on (the app's own, or 128 + the signal that killed it), so
+    /// that the manager logs the app's real exit status. A built-in app
+    /// never exits.
+    pub async fn exited(&mut self) -> (String, u8) {
+        use std::os::unix::process::ExitStatusExt;
         match self {
             RunningApp::Process { child, .. } => match child.wait().await {
-                Ok(status) => status.to_string(),
-                Err(e) => format!("cannot wait for it: {e}"),
+                Ok(status) => {
+                    let code = match (status.code(), status.signal()) {
+                        (Some(code), _) => u8::try_from(code).unwrap_or(1).max(1),
+                        (None, Some(signal)) => 128u8.saturating_add(signal as u8),
+                        (None, None) => 1,
+                    };
+                    (status.to_string(), code)
+                }
+                Err(e) => (format!("cannot wait for it: {e}"), 1),
             },
             RunningApp::Builtin(_) => std::future::pending().await,
         }

@@ -49,14 +49,14 @@ async fn serve(config: Config, id: WorkerId, version: u64) -> Result<(), Failure
     let mut app = RunningApp::start(&config, id, &socket)?;
     let readiness = app.readiness(&config);
     let booted = tokio::select! {
-        ready = app::wait_ready(&socket, readiness, boot_deadline) => ready,
-        status = app.exited() => Err(format!("app exited while starting ({status})")),
+        ready = app::wait_ready(&socket, readiness, boot_deadline) => ready.map_err(|why| (why, 1)),
+        (status, code) = app.exited() => Err((format!("app exited while starting ({status})"), code)),
         _ = term.recv() => return finish(app, &config, &socket, Ok(())).await,
         _ = int.recv() => return finish(app, &config, &socket, Ok(())).await,
     };
-    if let Err(why) = booted {
+    if let Err((why, code)) = booted {
         error!("{why}");
-        return finish(app, &config, &socket, Err(Failure::Silent(1))).await;
+        return finish(app, &config, &socket, Err(Failure::Silent(code))).await;
     }
     // Worker sockets are private (docs/DESIGN.md §4), whatever the app's umask made.
     if let Err(why) = make_private(&socket) {
@@ -72,20 +72,22 @@ async fn serve(config: Config, id: WorkerId, version: u64) -> Result<(), Failure
     };
     let ctl = config.paths.ctl();
     let joined = tokio::select! {
-        joined = join_until(&ctl, &join, boot_deadline) => joined,
-        status = app.exited() => Err(format!("app exited while joining ({status})")),
+        joined = join_until(&ctl, &join, boot_deadline) => joined.map_err(|why| (why, 1)),
+        (status, code) = app.exited() => Err((format!("app exited while joining ({status})"), code)),
         _ = term.recv() => return finish(app, &config, &socket, Ok(())).await,
         _ = int.recv() => return finish(app, &config, &socket, Ok(())).await,
     };
-    if let Err(why) = joined {
+    if let Err((why, code)) = joined {
         error!("{why}");
-        return finish(app, &config, &socket, Err(Failure::Silent(1))).await;
+        return finish(app, &config, &socket, Err(Failure::Silent(code))).await;
     }
 
+    // A worker whose app exits passes its exit code on, so that the
+    // manager's log names the app's real exit status.
     let outcome = tokio::select! {
-        status = app.exited() => {
+        (status, code) = app.exited() => {
             error!("app exited ({status})");
-            Err(Failure::Silent(1))
+            Err(Failure::Silent(code))
         }
         _ = term.recv() => Ok(()),
         _ = int.recv() => Ok(()),
