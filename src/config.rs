@@ -68,6 +68,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Forward request header names with underscores.
     pub underscore_headers: bool,
+    /// Where the LB answers its JSON status itself (None: the app does).
+    pub status_path: Option<String>,
+    /// Where the LB answers `ok` itself (None: the app does).
+    pub health_path: Option<String>,
     /// Threads of the LB's runtime; 1 = a current-thread runtime.
     pub lb_threads: usize,
     pub variant: String,
@@ -214,6 +218,8 @@ impl Config {
             header_timeout: Duration::from_millis(options.header_timeout_ms),
             idle_timeout: Duration::from_millis(options.idle_timeout_ms),
             underscore_headers: options.allow_underscore_headers,
+            status_path: options.status_path.clone(),
+            health_path: options.health_path.clone(),
             lb_threads: options.lb_threads,
             variant: options.variant.clone(),
             paths,
@@ -266,6 +272,9 @@ impl Config {
         if let Some(n) = self.max_tunnels {
             args.push(format!("--max-tunnels={n}"));
         }
+        let route = |r: &Option<String>| r.clone().unwrap_or_else(|| "none".to_string());
+        args.push(format!("--status-path={}", route(&self.status_path)));
+        args.push(format!("--health-path={}", route(&self.health_path)));
         if self.underscore_headers {
             args.push("--allow-underscore-headers".into());
         }

@@ -46,6 +46,26 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// A path the LB answers itself, or none (the app gets it).
+pub type Route = Option<String>;
+
+/// `none`, or an absolute path without a query (`/status`).
+pub fn parse_route(text: &str) -> Result<Route, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    let valid = text.starts_with('/')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'));
+    if !valid {
+        return Err(format!(
+            "'{text}': expected a path such as /status (no query), or none"
+        ));
+    }
+    Ok(Some(text.to_string()))
+}
+
 /// `on` or `off`.
 pub fn parse_on_off(text: &str) -> Result<bool, String> {
     match text {
@@ -212,6 +232,14 @@ pub struct Options {
     /// Forward request header names that contain '_' (dropped by default: CGI-style apps read them as '-')
     #[arg(long, env = "RIP_ALLOW_UNDERSCORE_HEADERS")]
     pub allow_underscore_headers: bool,
+
+    /// The path the load balancer answers with its JSON status itself, or 'none' to leave it to the app
+    #[arg(long, env = "RIP_STATUS_PATH", value_name = "PATH|none", default_value = "/status", value_parser = parse_route)]
+    pub status_path: Route,
+
+    /// The path the load balancer answers 'ok' on itself (a health check), or 'none' to leave it to the app
+    #[arg(long, env = "RIP_HEALTH_PATH", value_name = "PATH|none", default_value = "/server", value_parser = parse_route)]
+    pub health_path: Route,
 
     /// Write access log lines as JSON
     #[arg(long = "json-logging", visible_alias = "json")]

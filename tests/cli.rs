@@ -36,6 +36,8 @@ fn bad_tokens_and_flags_exit_2_with_one_line() {
     refused(&["builtin:hello", "bogus"], &[], "'bogus'");
     refused(&["builtin:hello", "--bogus"], &[], "--bogus");
     refused(&["builtin:hello", "w:abc"], &[], "w:abc");
+    refused(&["builtin:hello", "--status-path=status"], &[], "'status'");
+    refused(&["builtin:hello", "--health-path=/x?y"], &[], "'/x?y'");
     refused(&["builtin:hello", "w:0"], &[], "w:0");
     refused(&["builtin:hello", "http:65536"], &[], "http:65536");
     refused(&["builtin:hello", "http:abc"], &[], "http:abc");

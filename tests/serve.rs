@@ -89,6 +89,37 @@ fn server_and_status_routes() {
 }
 
 #[test]
+fn the_lbs_own_routes_can_move_or_go_to_the_app() {
+    let server = Server::start(&[
+        "builtin:hello",
+        "w:1",
+        "--status-path=/_rip/status",
+        "--health-path=none",
+    ]);
+    let status = eventually("the moved status route", || {
+        let r = try_request(server.port, "GET", "/_rip/status", &[], b"").ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+        (json["workers"] == 1).then_some(r)
+    });
+    assert_eq!(status.header("cache-control"), Some("no-cache"));
+    assert_eq!(status.header("content-type"), Some("application/json"));
+    // The old paths are the app's now (the built-in answers 404 for both).
+    assert_eq!(server.get("/status").text(), "not found\n");
+    assert_eq!(server.get("/server").text(), "not found\n");
+    // The defaults answer with no-cache too.
+    let server = Server::start(&["builtin:hello", "w:1"]);
+    server.wait_workers(1);
+    assert_eq!(
+        server.get("/server").header("cache-control"),
+        Some("no-cache")
+    );
+    assert_eq!(
+        server.get("/status").header("cache-control"),
+        Some("no-cache")
+    );
+}
+
+#[test]
 fn hop_by_hop_and_internal_headers_stop_at_the_lb() {
     let server = Server::start(&[&probe(), "w:1"]);
     server.wait_workers(1);

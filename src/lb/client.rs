@@ -158,6 +158,7 @@ impl OwnRoute {
             body: &self.body,
             close: false,
             retry_after: false,
+            no_cache: true,
         }
     }
 }

@@ -861,6 +861,8 @@ pub struct Own<'a> {
     pub close: bool,
     /// `Retry-After: 1` (queue full, server busy).
     pub retry_after: bool,
+    /// `Cache-Control: no-cache` (the LB's own routes, as the original).
+    pub no_cache: bool,
 }
 
 impl Own<'static> {
@@ -877,6 +879,7 @@ impl Own<'static> {
             body: body.as_bytes(),
             close,
             retry_after: false,
+            no_cache: false,
         }
     }
 }
@@ -897,6 +900,9 @@ pub fn own_response(own: &Own<'_>, date: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
     if own.retry_after {
         out.extend_from_slice(b"retry-after: 1\r\n");
+    }
+    if own.no_cache {
+        out.extend_from_slice(b"cache-control: no-cache\r\n");
     }
     if own.close {
         out.extend_from_slice(b"connection: close\r\n");

@@ -100,6 +100,9 @@ struct Lb {
     timeouts: client::Timeouts,
     /// Forward request header names with underscores.
     underscore_headers: bool,
+    /// Where the LB answers its status and `ok` itself (None: the app).
+    status_path: Option<String>,
+    health_path: Option<String>,
     app: String,
     port: u16,
     workers: usize,
@@ -172,6 +175,8 @@ async fn serve(
             header: config.header_timeout,
         },
         underscore_headers: config.underscore_headers,
+        status_path: config.status_path.clone(),
+        health_path: config.health_path.clone(),
         app: config.app.name.clone(),
         port: config.port,
         workers: config.workers,
@@ -283,17 +288,21 @@ fn bind_control(path: &std::path::Path) -> Result<UnixListener, Failure> {
 }
 
 impl Lb {
-    /// The LB's own routes: `GET /server` and `GET /status` (and HEAD).
+    /// The LB's own routes: `GET` (and `HEAD`) of `--health-path`
+    /// (`/server`) and `--status-path` (`/status`), either of which may be
+    /// `none` (left to the app).
     fn route(&self, head: &RequestHead, buf: &[u8]) -> Option<OwnRoute> {
         if !matches!(head.method, Method::GET | Method::HEAD) {
             return None;
         }
-        match head.path(buf) {
-            "/server" => Some(OwnRoute {
+        let path = head.path(buf);
+        let is = |route: &Option<String>| route.as_deref() == Some(path);
+        match () {
+            _ if is(&self.health_path) => Some(OwnRoute {
                 content_type: "text/plain",
                 body: b"ok".to_vec(),
             }),
-            "/status" => Some(OwnRoute {
+            _ if is(&self.status_path) => Some(OwnRoute {
                 content_type: "application/json",
                 body: self.status(),
             }),
