@@ -24,6 +24,14 @@ fn exercise_hello(server: &Server) {
     assert!(echoed.body == body, "echo differs");
     let echoed = server.request("POST", "/echo", &[("Transfer-Encoding", "chunked")], &body);
     assert!(echoed.body == body, "chunked echo differs");
+    // An HTTP/1.0 request without Host reaches the handler (the LB gives it
+    // the address the client connected to), under either runtime.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("Hello from rip-server\n"), "{answer}");
 }
 
 #[test]
