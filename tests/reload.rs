@@ -293,3 +293,77 @@ fn a_command_app_is_restarted_on_any_edit_in_module_mode() {
     assert_eq!(out.matches("rolling restart").count(), 2, "{out}");
     assert!(!out.contains(".git") && !out.contains("swp"), "{out}");
 }
+
+#[test]
+fn what_the_app_and_the_server_write_into_the_app_dir_reloads_nothing() {
+    // `cd app && rip-server . > log.txt 2>&1`, and an app that appends to
+    // a log and writes a database file on every request: no reload.
+    runtime("node");
+    let app = tempfile::tempdir().unwrap();
+    let sockets = socket_dir();
+    write_app(
+        app.path(),
+        "index.mjs",
+        "import fs from 'node:fs';\nexport default { fetch(req) {\n  fs.appendFileSync('visits.log', req.url + '\\n');\n  fs.writeFileSync('data.sqlite3', String(Date.now()));\n  fs.mkdirSync('tmp', { recursive: true });\n  fs.writeFileSync('tmp/last', req.url);\n  return new Response('ok');\n} };\n",
+        false,
+    );
+    let log = app.path().join("log.txt");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            ".",
+            "w:2",
+            "http:0",
+            "--runtime=node",
+            "--hot-reload=process",
+        ])
+        .arg(format!("--socket-dir={}", sockets.path().display()))
+        .current_dir(app.path())
+        .env_remove("PORT")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    /// Stops the server if the test fails before it does.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    let _stop = Stop(child.id());
+    let port = eventually("the start-up line", || {
+        parse_port(&std::fs::read_to_string(&log).ok()?)
+    });
+    eventually("both workers", || {
+        let r = try_request(port, "GET", "/status", &[], b"").ok()?;
+        r.text().contains("\"workers\":2").then_some(())
+    });
+    for i in 0..50 {
+        assert_eq!(
+            try_request(port, "GET", &format!("/r{i}"), &[], b"")
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    // Past the debounce, with every write seen by the watcher.
+    thread::sleep(Duration::from_millis(1500));
+    let text = std::fs::read_to_string(&log).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = child.wait();
+    assert!(!text.contains("rolling restart"), "reloaded:\n{text}");
+    assert!(!text.contains("changed"), "reloaded:\n{text}");
+    assert!(
+        text.contains("GET /r49"),
+        "the requests were served:\n{text}"
+    );
+}

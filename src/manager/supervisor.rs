@@ -254,7 +254,16 @@ impl Supervisor {
         {
             return None;
         }
-        let filter = watch::Filter::new(&self.config.app.dir, &[self.config.paths.dir()]);
+        // The server's own output, redirected into the app's directory
+        // (`rip-server . > log.txt`), is not the app's code.
+        let own_output: Vec<PathBuf> = [1, 2]
+            .iter()
+            .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+            .filter(|path| path.is_file())
+            .collect();
+        let mut skip: Vec<&std::path::Path> = vec![self.config.paths.dir()];
+        skip.extend(own_output.iter().map(PathBuf::as_path));
+        let filter = watch::Filter::new(&self.config.app.dir, &skip);
         match watch::start(filter) {
             Ok(watching) => Some(watching),
             Err(e) => {

@@ -58,15 +58,38 @@ impl Filter {
         let ignored_part = relative.components().any(|c| match c {
             Component::Normal(name) => {
                 let name = name.to_string_lossy();
-                name.starts_with('.') || name == "node_modules"
+                name.starts_with('.') || OUTPUT_DIRS.contains(&name.as_ref())
             }
             _ => false,
         });
         ignored_part
-            || path
-                .file_name()
-                .is_some_and(|n| is_editor_file(&n.to_string_lossy()))
+            || path.file_name().is_some_and(|n| {
+                let name = n.to_string_lossy();
+                is_editor_file(&name) || is_output_file(&name)
+            })
     }
+}
+
+/// Directories that hold what apps and their tools write, not their code:
+/// dependencies, logs, temp files, caches, coverage. (Not `dist` or
+/// `build`: an app may run from them.)
+const OUTPUT_DIRS: [&str; 8] = [
+    "node_modules",
+    "__pycache__",
+    "log",
+    "logs",
+    "tmp",
+    "coverage",
+    "target",
+    "venv",
+];
+
+/// Files apps and tools write as they run: logs, bytecode, databases,
+/// sockets and pid files (the server's own, when its socket dir is the app
+/// dir).
+fn is_output_file(name: &str) -> bool {
+    const SUFFIXES: [&str; 7] = [".log", ".pyc", ".pyo", ".db", ".pid", ".sock", "-journal"];
+    SUFFIXES.iter().any(|s| name.ends_with(s)) || name.contains(".sqlite") || name.contains(".db-")
 }
 
 /// Temp, swap and backup files editors write next to the real ones.
@@ -248,6 +271,19 @@ mod tests {
             "/srv/app/#index.js#",
             "/srv/app/index.js.tmp",
             "/elsewhere/file.js",
+            // What apps and tools write as they run.
+            "/srv/app/visits.log",
+            "/srv/app/logs/today.txt",
+            "/srv/app/tmp/upload-1",
+            "/srv/app/__pycache__/app.cpython-311.pyc",
+            "/srv/app/lib/util.pyc",
+            "/srv/app/data.sqlite3",
+            "/srv/app/data.sqlite3-wal",
+            "/srv/app/app.db",
+            "/srv/app/app.db-journal",
+            "/srv/app/coverage/lcov.info",
+            "/srv/app/rip_server2_app.ctl.sock",
+            "/srv/app/rip_server2_app.pid",
         ] {
             assert!(filter.ignored(Path::new(ignored)), "{ignored}");
         }
