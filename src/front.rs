@@ -30,10 +30,9 @@ pub fn run(config: Config) -> Result<(), Failure> {
     prepare_socket_dir(&config.paths)?;
     // Nothing is removed, bound or started before the lock is ours.
     let pid_file = lock_pid_file(&config)?;
-    let pid_path = config.paths.pid();
     // Returns only if the manager could not be started.
     let failed = become_manager(config, &pid_file);
-    let _ = pid_file.remove(&pid_path);
+    let _ = pid_file.remove();
     failed
 }
 

@@ -264,6 +264,7 @@ pub fn answers(path: &Path) -> bool {
 #[derive(Debug)]
 pub struct PidFile {
     fd: std::os::fd::OwnedFd,
+    path: PathBuf,
 }
 
 /// Why the pid file could not be locked.
@@ -342,7 +343,10 @@ impl PidFile {
                 .map_err(|e| failed("write", &e))?;
             fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .map_err(|e| failed("restrict", &e))?;
-            return Ok(PidFile { fd: file.into() });
+            return Ok(PidFile {
+                fd: file.into(),
+                path: path.to_path_buf(),
+            });
         }
     }
 
@@ -357,13 +361,13 @@ impl PidFile {
         Ok(self.fd.as_raw_fd())
     }
 
-    /// Takes back the lock passed across `exec` as `fd`, out of reach of
-    /// the processes this one starts.
+    /// Takes back the lock on `path` passed across `exec` as `fd`, out of
+    /// reach of the processes this one starts.
     ///
     /// # Safety
     /// `fd` must be the descriptor [`PidFile::pass_on`] returned before the
     /// exec, and nothing else in this process may own it.
-    pub unsafe fn inherit(fd: std::os::fd::RawFd) -> io::Result<PidFile> {
+    pub unsafe fn inherit(fd: std::os::fd::RawFd, path: &Path) -> io::Result<PidFile> {
         use std::os::fd::{AsFd, FromRawFd};
         // SAFETY: as the caller guarantees.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
@@ -371,12 +375,15 @@ impl PidFile {
             fd.as_fd(),
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         )?;
-        Ok(PidFile { fd })
+        Ok(PidFile {
+            fd,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Removes the pid file (while still holding its lock); the lock goes
     /// when this is dropped, or the process exits.
-    pub fn remove(&self, path: &Path) -> Result<bool, String> {
-        remove_ours(path, Owned::File)
+    pub fn remove(&self) -> Result<bool, String> {
+        remove_ours(&self.path, Owned::File)
     }
 }

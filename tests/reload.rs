@@ -325,17 +325,7 @@ fn what_the_app_and_the_server_write_into_the_app_dir_reloads_nothing() {
         .stderr(out)
         .spawn()
         .unwrap();
-    /// Stops the server if the test fails before it does.
-    struct Stop(u32);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0 as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-    let _stop = Stop(child.id());
+    let _stop = StopOnDrop(vec![child.id()]);
     let port = eventually("the start-up line", || {
         parse_port(&std::fs::read_to_string(&log).ok()?)
     });

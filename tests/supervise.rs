@@ -100,6 +100,35 @@ fn an_app_that_cannot_start_is_said_so_at_once() {
 }
 
 #[test]
+fn in_development_a_failing_app_serves_after_a_good_edit() {
+    // Hot reload on (the default outside production): the server waits,
+    // and the first ready worker of the fixed code ends the failing state.
+    let dir = socket_dir();
+    write_app(dir.path(), "app", CRASHING_APP, true);
+    let server = Server::start(&[dir.path().to_str().unwrap(), "w:1"]);
+    eventually("failing in /status", || {
+        (server.status()?["status"] == "failing").then_some(())
+    });
+    let probe_source = std::fs::read_to_string(repo().join("tests/apps/probe/app")).unwrap();
+    // Written aside and renamed in, as an editor saves.
+    write_app(dir.path(), "app.new", &probe_source, true);
+    std::fs::rename(dir.path().join("app.new"), dir.path().join("app")).unwrap();
+    let status = server.wait_workers(1);
+    assert!(status.get("error").is_none(), "{status}");
+    assert_eq!(server.get("/pid").status, 200);
+    assert!(server.stdout.text().contains("rip-server: serving"));
+    // The app works now: a later death is a gap, not a failing app (the
+    // LB was told so), while its replacement boots.
+    assert_eq!(server.get("/die").status, 502);
+    let gap = eventually("the gap before the replacement", || {
+        let status = server.status()?;
+        (status["workers"] == 0).then_some(status)
+    });
+    assert_eq!(gap["status"], "degraded", "{gap}");
+    server.wait_workers(1);
+}
+
+#[test]
 fn outside_development_a_server_whose_app_cannot_start_gives_up() {
     let dir = socket_dir();
     let app_dir = tempfile::tempdir().unwrap();
@@ -324,20 +353,6 @@ fn refused_start(dir: &std::path::Path) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     stderr
-}
-
-/// Stops the managers it names if they still run (a failed test leaves
-/// nothing behind).
-struct StopOnDrop(Vec<u32>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            if alive(pid) {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            }
-        }
-    }
 }
 
 #[test]

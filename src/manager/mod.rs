@@ -23,7 +23,7 @@ pub use supervisor::Backoff;
 
 pub fn run(config: Config, listen_fd: RawFd, pid_fd: RawFd) -> Result<(), Failure> {
     // SAFETY: the front passed the locked pid file across exec as `pid_fd`.
-    let pid_file = unsafe { PidFile::inherit(pid_fd) }
+    let pid_file = unsafe { PidFile::inherit(pid_fd, &config.paths.pid()) }
         .map_err(|e| Failure::fatal(format!("bad pid file fd {pid_fd}: {e}")))?;
     // SAFETY: the front passed this listening socket across exec; nothing
     // else in this process owns it.

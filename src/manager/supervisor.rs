@@ -166,9 +166,8 @@ pub struct Supervisor {
     version: u64,
     slots: Vec<Slot>,
     all_ready_once: bool,
-    /// A worker has been ready since the start (the start-up line is out).
-    ever_ready: bool,
-    /// The newest app version a worker of which has been ready.
+    /// The newest app version a worker of which has been ready; 0: none
+    /// yet (versions start at 1), and the start-up line says `starting`.
     ready_version: u64,
     /// No worker of the current version has been ready, and one failed to
     /// start with this error: the LB is told, and `/status` says failing.
@@ -211,7 +210,6 @@ impl Supervisor {
             version: 1,
             slots,
             all_ready_once: false,
-            ever_ready: false,
             ready_version: 0,
             failing: None,
             give_up: None,
@@ -373,12 +371,12 @@ impl Supervisor {
                 if let Some(slot) = self.slots.get_mut(worker.slot) {
                     slot.boot_failures = 0;
                 }
+                let first = self.ready_version == 0;
                 self.ready_version = self.ready_version.max(worker.version);
                 if worker.version >= self.version && self.failing.take().is_some() {
                     self.send_lb(LinkMsg::Failing { error: None });
                 }
-                if !self.ever_ready {
-                    self.ever_ready = true;
+                if first {
                     self.announce("serving");
                 }
                 let Some(worker) = self.workers.get_mut(&id) else {
@@ -523,7 +521,8 @@ impl Supervisor {
             .slots
             .iter()
             .all(|s| s.boot_failures >= FIRST_START_TRIES);
-        if everywhere && !self.ever_ready && self.config.hot_reload == HotReload::None {
+        let never_ready = self.ready_version == 0;
+        if everywhere && never_ready && self.config.hot_reload == HotReload::None {
             self.give_up = Some(error);
         }
     }
@@ -884,7 +883,7 @@ impl Supervisor {
         if let Err(e) = remove_ours(&paths.loader(), Owned::File) {
             warn!("{e}");
         }
-        if let Err(e) = self.pid_file.remove(&paths.pid()) {
+        if let Err(e) = self.pid_file.remove() {
             warn!("{e}");
         }
     }

@@ -650,6 +650,23 @@ pub fn kill_worker_or_app(server: &Server, round: usize) -> bool {
     .is_ok()
 }
 
+/// Sends SIGTERM, when dropped, to the processes it names that still run,
+/// so that a test that fails midway leaves no server behind.
+pub struct StopOnDrop(pub Vec<u32>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+}
+
 /// A command app that says why it cannot start, on stderr, and exits 1.
 pub const CRASHING_APP: &str = "#!/bin/sh\necho 'cannot start: config missing' >&2\nexit 1\n";
 
