@@ -91,21 +91,32 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain;charset=ut
 
 fn heads(c: &mut Criterion) {
     let context = http1::Context {
-        client: Some("127.0.0.1".parse().expect("ip")),
+        hop: rip_server::lb::forwarded::Hop {
+            client: Some("127.0.0.1".parse().expect("ip")),
+            port: Some(3000),
+            request_id: b"5f0c7d2e-1b1a-4c4e-9a52-0b1c2d3e4f50",
+            received_us: 1_764_331_200_000_123,
+            ..Default::default()
+        },
         host: Some("127.0.0.1:3000"),
         underscores: false,
+    };
+    let asked = http1::Asked {
+        request_id: b"5f0c7d2e-1b1a-4c4e-9a52-0b1c2d3e4f50",
+        ..Default::default()
     };
     let mut out = Vec::with_capacity(1024);
     c.bench_function("http1: parse and rewrite a request head", |b| {
         b.iter(|| black_box(http1::parse_request(black_box(REQUEST), &context, &mut out)))
     });
+    c.bench_function("forwarded: a request id", |b| {
+        b.iter(|| black_box(rip_server::lb::forwarded::RequestId::generate()))
+    });
     c.bench_function("http1: parse and rewrite a response head", |b| {
         b.iter(|| {
             black_box(http1::parse_response(
                 black_box(RESPONSE),
-                false,
-                false,
-                false,
+                &asked,
                 b"Sat, 28 Nov 2026 12:00:00 GMT",
                 &mut out,
             ))

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::apps::App;
-use crate::flags::Options;
+use crate::flags::{Options, TrustedProxies};
 use crate::paths::Paths;
 
 pub use crate::flags::HotReload;
@@ -68,6 +68,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Forward request header names with underscores.
     pub underscore_headers: bool,
+    /// Peers whose forwarding fields the LB keeps.
+    pub trusted_proxies: TrustedProxies,
     /// Where the LB answers its JSON status itself (None: the app does).
     pub status_path: Option<String>,
     /// Where the LB answers `ok` itself (None: the app does).
@@ -218,6 +220,7 @@ impl Config {
             header_timeout: Duration::from_millis(options.header_timeout_ms),
             idle_timeout: Duration::from_millis(options.idle_timeout_ms),
             underscore_headers: options.allow_underscore_headers,
+            trusted_proxies: options.trusted_proxies.clone(),
             status_path: options.status_path.clone(),
             health_path: options.health_path.clone(),
             lb_threads: options.lb_threads,
@@ -275,6 +278,7 @@ impl Config {
         let route = |r: &Option<String>| r.clone().unwrap_or_else(|| "none".to_string());
         args.push(format!("--status-path={}", route(&self.status_path)));
         args.push(format!("--health-path={}", route(&self.health_path)));
+        args.push(format!("--trusted-proxies={}", self.trusted_proxies));
         if self.underscore_headers {
             args.push("--allow-underscore-headers".into());
         }

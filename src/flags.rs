@@ -66,6 +66,84 @@ pub fn parse_route(text: &str) -> Result<Route, String> {
     Ok(Some(text.to_string()))
 }
 
+/// `--trusted-proxies`: the addresses whose forwarding fields the LB
+/// keeps (docs/DESIGN.md §5.7), as CIDR ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    ranges: Vec<(IpAddr, u8)>,
+}
+
+impl TrustedProxies {
+    /// `none`, or comma-separated addresses and ranges: `10.0.0.0/8`,
+    /// `127.0.0.1`, `::1`, `fd00::/8`.
+    pub fn parse(text: &str) -> Result<TrustedProxies, String> {
+        let mut ranges = Vec::new();
+        if text.trim() == "none" {
+            return Ok(TrustedProxies { ranges });
+        }
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad =
+                || format!("'{item}' is not an address or a CIDR range (e.g. 10.0.0.0/8, ::1)");
+            let (addr, bits) = match item.split_once('/') {
+                Some((addr, bits)) => (addr, Some(bits)),
+                None => (item, None),
+            };
+            let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                Some(bits) => bits
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&b| b <= max)
+                    .ok_or_else(bad)?,
+                None => max,
+            };
+            ranges.push((addr, bits));
+        }
+        if ranges.is_empty() {
+            return Err("expected addresses or CIDR ranges (e.g. 10.0.0.0/8,::1), or none".into());
+        }
+        Ok(TrustedProxies { ranges })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Whether `ip` (an IPv4 address mapped into IPv6 taken as IPv4) is in
+    /// one of the ranges.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        self.ranges.iter().any(|&(net, bits)| match (net, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        })
+    }
+}
+
+impl std::fmt::Display for TrustedProxies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ranges.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, (addr, bits)) in self.ranges.iter().enumerate() {
+            let sep = if i > 0 { "," } else { "" };
+            write!(f, "{sep}{addr}/{bits}")?;
+        }
+        Ok(())
+    }
+}
+
 /// `on` or `off`.
 pub fn parse_on_off(text: &str) -> Result<bool, String> {
     match text {
@@ -229,6 +307,10 @@ pub struct Options {
     #[arg(long, env = "RIP_LB_THREADS", value_name = "N", default_value_t = 1)]
     pub lb_threads: usize,
 
+    /// Addresses whose X-Forwarded-*, X-Real-IP, Forwarded, X-Request-Id and X-Request-Start the app may believe (CIDR ranges, comma-separated); from any other client they are replaced
+    #[arg(long, env = "RIP_TRUSTED_PROXIES", value_name = "CIDR,...|none", default_value = "none", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
+
     /// Forward request header names that contain '_' (dropped by default: CGI-style apps read them as '-')
     #[arg(long, env = "RIP_ALLOW_UNDERSCORE_HEADERS")]
     pub allow_underscore_headers: bool,
@@ -289,5 +371,35 @@ mod tests {
         assert!(parse_size("1T").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_ranges() {
+        let p = TrustedProxies::parse("10.0.0.0/8, 127.0.0.1,::1,fd00::/8").expect("valid");
+        let yes = ["10.1.2.3", "127.0.0.1", "::1", "fd12::5", "::ffff:10.0.0.9"];
+        let no = ["11.0.0.1", "127.0.0.2", "::2", "fe80::1", "::ffff:11.0.0.1"];
+        for ip in yes {
+            assert!(p.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in no {
+            assert!(!p.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert_eq!(p.to_string(), "10.0.0.0/8,127.0.0.1/32,::1/128,fd00::/8");
+        assert_eq!(TrustedProxies::parse(&p.to_string()), Ok(p));
+        let all = TrustedProxies::parse("0.0.0.0/0").expect("valid");
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!(!all.contains("::1".parse().unwrap()));
+        assert!(TrustedProxies::parse("none").expect("none").is_empty());
+        for bad in [
+            "",
+            ",",
+            "10.0.0.0/33",
+            "::/129",
+            "example.com",
+            "10.0.0.0/x",
+            "1.2.3",
+        ] {
+            assert!(TrustedProxies::parse(bad).is_err(), "{bad}");
+        }
     }
 }

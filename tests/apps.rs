@@ -241,3 +241,55 @@ fn a_command_app_socket_is_made_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
 }
+
+/// `tests/apps/hono-node`, its packages installed.
+fn hono_node() -> std::path::PathBuf {
+    let dir = repo().join("tests/apps/hono-node");
+    assert!(
+        dir.join("node_modules/hono").is_dir(),
+        "run 'npm install --prefix tests/apps/hono-node' first (.ci/run does)"
+    );
+    dir
+}
+
+/// Issue 13: after a plain `npm init -y` (`"type": "commonjs"`), an
+/// ES-module entry (and the app's own ES modules it imports) loads under
+/// Node, and so does a CommonJS entry (`module.exports = app`); both with
+/// Hono from npm, both reloaded on an edit.
+#[test]
+fn hono_loads_under_node_as_an_es_module_in_a_commonjs_package_and_as_commonjs() {
+    runtime("node");
+    let source = hono_node();
+    for (entry, greeting) in [("esm.js", "hello from esm"), ("cjs.js", "hello from cjs")] {
+        // A copy, so that an edit is the test's own.
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["package.json", "esm.js", "cjs.js", "greeting.js"] {
+            std::fs::copy(source.join(name), dir.path().join(name)).unwrap();
+        }
+        std::os::unix::fs::symlink(source.join("node_modules"), dir.path().join("node_modules"))
+            .unwrap();
+        let path = dir.path().join(entry);
+        let mut server = Server::start(&[path.to_str().unwrap(), "w:1", "--runtime=node"]);
+        server.wait_workers(1);
+        assert_eq!(server.get("/").text(), greeting, "{}", server.output());
+        let echoed = server.request("POST", "/echo", &[], b"a body");
+        assert_eq!(echoed.text(), "a body");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kind = &entry[..3];
+        std::fs::write(
+            &path,
+            text.replace(&format!("from {kind}"), &format!("edited {kind}")),
+        )
+        .unwrap();
+        let edited = greeting.replace("from", "edited");
+        eventually(&format!("{entry} reloaded"), || {
+            (server.get("/").text() == edited).then_some(())
+        });
+        assert!(server.stop().success());
+        assert!(
+            !server.output().contains("Cannot use import statement"),
+            "{}",
+            server.output()
+        );
+    }
+}

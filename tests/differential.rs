@@ -29,6 +29,9 @@
 //! `DIFFERENTIAL_WRITE_DOCS=1 cargo test --test differential` rewrites it).
 //! Run with `-- --nocapture` to see the summary.
 
+#[path = "framing_props/invariants.rs"]
+mod invariants;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -130,7 +133,7 @@ struct HyVerdict {
 
 fn lb_verdict(input: &[u8], underscores: bool) -> LbVerdict {
     let context = LbContext {
-        client: None,
+        hop: Default::default(),
         host: Some(LB_HOST),
         underscores,
     };
@@ -562,30 +565,6 @@ const BARRED_TRAILERS: [&str; 22] = [
     "x-real-ip",
 ];
 
-/// Fields a header name with `_` must not stand for, read with `-`
-/// (`--allow-underscore-headers` still drops them).
-const CONTROLLED: [&str; 12] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-    "forwarded",
-    "x-real-ip",
-];
-
-fn controlled_when_dashed(name: &str) -> bool {
-    let dashed = name.replace('_', "-");
-    CONTROLLED.contains(&dashed.as_str())
-        || dashed.starts_with("x-forwarded-")
-        || dashed.starts_with("rip-worker-")
-}
-
 /// The LB's documented rewrites of a request's fields, by name.
 const NORMALIZATIONS: [(&str, &str); 10] = [
     (
@@ -606,7 +585,7 @@ const NORMALIZATIONS: [(&str, &str); 10] = [
     ),
     (
         "internal",
-        "Rip-Worker-* from the client is not forwarded; X-Forwarded-For is the LB's (the client's list then its address; none here, with no client address)",
+        "Rip-Worker-* from the client is not forwarded; what a client claims of who it is or how it came (X-Forwarded-*, X-Real-IP, Forwarded, X-Request-Id, X-Request-Start, …) is replaced by the LB's forwarding fields (here, with no client address: X-Forwarded-Proto and X-Forwarded-Host)",
     ),
     (
         "framing",
@@ -716,9 +695,9 @@ fn same_meaning(
             Some("framing")
         } else if HOP_BY_HOP.contains(&n) {
             Some("hop-by-hop")
-        } else if n == "x-forwarded-for" || n.starts_with("rip-worker-") {
+        } else if invariants::is_claim(n) || n.starts_with("rip-worker-") {
             Some("internal")
-        } else if n.contains('_') && (!underscores || controlled_when_dashed(n)) {
+        } else if n.contains('_') && (!underscores || invariants::controlled_when_dashed(n)) {
             Some("underscore")
         } else if connection.iter().any(|t| t == n) {
             Some("connection-listed")
@@ -744,12 +723,22 @@ fn same_meaning(
         expected.push(("upgrade".to_string(), b"websocket".to_vec()));
         bump(normalized, "websocket");
     }
-    if let Some(authority) = &hy.authority {
+    let forwarded_host = if let Some(authority) = &hy.authority {
         expected.push(("host".to_string(), authority.as_bytes().to_vec()));
+        authority.as_bytes().to_vec()
     } else if !host {
         bump(normalized, "http10-host");
         expected.push(("host".to_string(), LB_HOST.as_bytes().to_vec()));
-    }
+        LB_HOST.as_bytes().to_vec()
+    } else {
+        let hosts = hy.headers.iter().filter(|(n, _)| n == "host");
+        hosts
+            .map(|(_, v)| v.clone())
+            .next_back()
+            .unwrap_or_default()
+    };
+    expected.push(("x-forwarded-proto".to_string(), b"http".to_vec()));
+    expected.push(("x-forwarded-host".to_string(), forwarded_host));
     if lb.chunked {
         expected.push(("transfer-encoding".to_string(), b"chunked".to_vec()));
         bump(normalized, "chunked-reencoded");

@@ -465,7 +465,12 @@ fn request_header() -> impl Strategy<Value = (String, Vec<u8>)> {
         ),
         1 => pair(&["Expect"], &["100-continue", "100-Continue", "foo"]),
         2 => pair(&["Upgrade", "upgrade"], &["websocket", "WebSocket", "h2c", "websocket, h2c", ""]),
-        1 => pair(&["X-Forwarded-For", "x-forwarded-for"], &["1.2.3.4", "6.6.6.6, 7.7.7.7"]),
+        1 => pair(&["X-Forwarded-For", "x-forwarded-for"], &["1.2.3.4", "6.6.6.6, 7.7.7.7", "10.0.0.1", "junk"]),
+        2 => pair(
+            &["X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port", "X-Real-IP", "X-Request-Id", "X-Request-Start", "Forwarded", "X-Forwarded-Ssl", "X-Forwarded-A_b", "True-Client-IP", "x_forwarded_proto", "X_Request_Id"],
+            &["https", "evil.example", "443", "6.6.6.6", "abc-1", "t=1", "for=6.6.6.6", "on", "a b", ""],
+        ),
+        1 => pair(&["X-Request-Id", "x-request-id"], &["abc-1", "Root=1-x", "a b", "", "a\"b"]),
         1 => pair(&["Host"], &["b", "b:8080", "", "[::1]", "a b", "u@h", "a:x"]),
         4 => (select(SPECIAL_NAMES), field_value()).prop_map(|(n, v)| (n.to_string(), v)),
         3 => ("[A-Za-z0-9_-]{1,12}", field_value()),
@@ -494,6 +499,8 @@ struct RequestCase {
     client: Option<IpAddr>,
     host: Option<&'static str>,
     underscores: bool,
+    /// The peer, if one of the trusted proxies, is trusted.
+    trusted: bool,
 }
 
 impl fmt::Debug for RequestCase {
@@ -503,6 +510,7 @@ impl fmt::Debug for RequestCase {
             .field("client", &self.client)
             .field("host", &self.host)
             .field("underscores", &self.underscores)
+            .field("trusted", &self.trusted)
             .finish()
     }
 }
@@ -561,14 +569,16 @@ fn request_case() -> impl Strategy<Value = RequestCase> {
         ],
         select(vec![Some("127.0.0.1:3000"), Some("[::1]:80"), None]),
         prop::bool::weighted(0.25),
+        prop::bool::weighted(0.5),
     )
-        .prop_map(|(mut buf, body, client, host, underscores)| {
+        .prop_map(|(mut buf, body, client, host, underscores, trusted)| {
             buf.extend_from_slice(&body);
             RequestCase {
                 buf,
                 client,
                 host,
                 underscores,
+                trusted,
             }
         })
 }
@@ -576,11 +586,7 @@ fn request_case() -> impl Strategy<Value = RequestCase> {
 #[test]
 fn request_heads_are_split_invariant_and_forwarded_unambiguously() {
     run("request head", 512, request_case(), |case| {
-        let context = Context {
-            client: case.client,
-            host: case.host,
-            underscores: case.underscores,
-        };
+        let context = invariants::context(case.client, case.host, case.underscores, case.trusted);
         let every: Vec<usize> = (0..case.buf.len()).collect();
         check_request(&case.buf, &context, &every)
     });
@@ -609,7 +615,7 @@ fn response_header() -> impl Strategy<Value = (String, Vec<u8>)> {
             &["1", "0", " 1 "],
         ),
         2 => pair(
-            &["Keep-Alive", "Date", "Content-Type", "Trailer", "Upgrade", "Proxy-Connection", "TE", "X-App", "X-Secret", "Host", "Expect", "Retry-After"],
+            &["Keep-Alive", "Date", "Content-Type", "Trailer", "Upgrade", "Proxy-Connection", "TE", "X-App", "X-Request-Id", "x-request-id", "X-Secret", "Host", "Expect", "Retry-After"],
             &["timeout=5", "text/plain", "x", "", "1"],
         ),
         2 => ("[A-Za-z0-9_-]{1,12}", field_value()),
@@ -668,19 +674,22 @@ fn response_case() -> impl Strategy<Value = ResponseCase> {
     (
         mutated(head),
         prop_oneof![Just(Vec::new()), vec(any::<u8>(), 0..16)],
-        any::<(bool, bool, bool)>(),
+        any::<(bool, bool, bool, bool)>(),
     )
-        .prop_map(|(mut buf, body, (head_request, client_http10, close))| {
-            buf.extend_from_slice(&body);
-            ResponseCase {
-                buf,
-                cx: ResponseContext {
-                    head_request,
-                    client_http10,
-                    close,
-                },
-            }
-        })
+        .prop_map(
+            |(mut buf, body, (head_request, client_http10, close, request_id))| {
+                buf.extend_from_slice(&body);
+                ResponseCase {
+                    buf,
+                    cx: ResponseContext {
+                        head_request,
+                        client_http10,
+                        close,
+                        request_id,
+                    },
+                }
+            },
+        )
 }
 
 #[test]
@@ -791,7 +800,7 @@ fn an_internal_prefix_with_nothing_after_it_is_still_internal() {
         }
     }
     let response = b"HTTP/1.1 200 OK\r\nRip-Worker-: 1\r\nContent-Length: 0\r\n\r\n";
-    parse_response(response, false, false, false, DATE, &mut out).unwrap();
+    parse_response(response, &Default::default(), DATE, &mut out).unwrap();
     if out.windows(11).any(|w| w == b"Rip-Worker-") {
         leaks.push(lit(&out));
     }
@@ -810,8 +819,8 @@ fn the_response_head_limit_does_not_depend_on_reads() {
     head.resize(MAX_HEAD + 100, b'a');
     head.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
     let mut out = Vec::new();
-    let whole = parse_response(&head, false, false, false, DATE, &mut out);
-    let part = parse_response(&head[..MAX_HEAD], false, false, false, DATE, &mut out);
+    let whole = parse_response(&head, &Default::default(), DATE, &mut out);
+    let part = parse_response(&head[..MAX_HEAD], &Default::default(), DATE, &mut out);
     assert_eq!(part, Err("response head too large"));
     assert!(whole.is_err(), "whole: {whole:?}");
 }
@@ -825,10 +834,12 @@ fn the_forwarded_head_stays_within_the_limits() {
         request.extend_from_slice(b"a: b\r\n");
     }
     request.extend_from_slice(b"\r\n");
-    let context = Context {
-        client: Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))),
-        ..Context::default()
-    };
+    let context = invariants::context(
+        Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))),
+        None,
+        false,
+        false,
+    );
     let mut out = Vec::new();
     parse_request(&request, &context, &mut out)
         .unwrap()
@@ -856,7 +867,7 @@ fn the_forwarded_head_stays_within_the_limits() {
         response.extend_from_slice(b"a: b\r\n");
     }
     response.extend_from_slice(b"\r\n");
-    parse_response(&response, false, false, false, DATE, &mut out).unwrap();
+    parse_response(&response, &Default::default(), DATE, &mut out).unwrap();
     assert!(
         within(&out, true),
         "the {}-field head the LB sends is over the limits",

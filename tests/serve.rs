@@ -413,20 +413,98 @@ fn an_app_never_holds_two_requests() {
     );
 }
 
+/// Issue 13: the app learns who the client is and how it came from the LB
+/// alone, unless the peer is a trusted proxy; the request id is echoed.
+#[test]
+fn forwarding_fields_are_the_lbs_unless_a_trusted_proxy_sent_them() {
+    let claims = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "shop.example"),
+        ("X-Forwarded-Port", "443"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("Forwarded", "for=6.6.6.6"),
+        ("X-Request-Id", "req-42"),
+        ("X-Request-Start", "t=1"),
+    ];
+    let seen = |server: &Server| {
+        let before = micros_now();
+        let r = server.request("GET", "/headers", &claims, b"");
+        let after = micros_now();
+        let pairs: Vec<(String, String)> = serde_json::from_slice(&r.body).unwrap();
+        let values = move |name: &str| -> Vec<String> {
+            pairs
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        (r, values, before, after)
+    };
+
+    let plain = Server::start(&[&probe(), "w:1"]);
+    plain.wait_workers(1);
+    let (r, values, before, after) = seen(&plain);
+    let port = plain.port.to_string();
+    assert_eq!(values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values("x-real-ip"), ["127.0.0.1"]);
+    assert_eq!(values("x-forwarded-proto"), ["http"]);
+    assert_eq!(values("x-forwarded-host"), ["localhost"]);
+    assert_eq!(values("x-forwarded-port"), [port.as_str()]);
+    assert!(values("forwarded").is_empty());
+    let id = values("x-request-id");
+    assert!(
+        id.len() == 1 && id[0].len() == 36 && id[0] != "req-42",
+        "{id:?}"
+    );
+    assert_eq!(r.header("x-request-id"), Some(id[0].as_str()));
+    let start = values("x-request-start");
+    let t: u64 = start[0].strip_prefix("t=").unwrap().parse().unwrap();
+    assert!(
+        start.len() == 1 && (before..=after).contains(&t),
+        "{start:?} not in {before}..{after}"
+    );
+
+    let behind = Server::start(&[&probe(), "w:1", "--trusted-proxies=127.0.0.1,10.0.0.0/8"]);
+    behind.wait_workers(1);
+    let (r, values, ..) = seen(&behind);
+    assert_eq!(values("x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
+    assert_eq!(values("x-real-ip"), ["6.6.6.6"]);
+    assert_eq!(values("x-forwarded-proto"), ["https"]);
+    assert_eq!(values("x-forwarded-host"), ["shop.example"]);
+    assert_eq!(values("x-forwarded-port"), ["443"]);
+    assert_eq!(values("forwarded"), ["for=6.6.6.6"]);
+    assert_eq!(values("x-request-id"), ["req-42"]);
+    assert_eq!(r.header("x-request-id"), Some("req-42"));
+    assert_eq!(values("x-request-start"), ["t=1"]);
+}
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
 #[test]
 fn access_log_lines_human_json_and_off() {
     let human = Server::start(&["builtin:hello", "w:1"]);
     human.wait_workers(1);
-    human.get("/ping");
+    let r = human.get("/ping");
+    let id = r.header("x-request-id").expect("a request id").to_string();
+    assert_eq!(id.len(), 36, "{id}");
     let out = human.wait_output("GET /ping");
     let line = out.lines().find(|l| l.contains("GET /ping")).unwrap();
-    // [2026-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B
+    // [2026-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B <id>
     assert!(line.starts_with('[') && line.contains(" +0000 "), "{line}");
-    assert!(line.ends_with("] GET /ping → 200 plain 4B"), "{line}");
+    assert!(
+        line.ends_with(&format!("] GET /ping → 200 plain 4B {id}")),
+        "{line}"
+    );
 
     let json = Server::start(&["builtin:hello", "w:1", "--json-logging"]);
     json.wait_workers(1);
-    json.get("/ping");
+    let r = json.get("/ping");
     let out = json.wait_output("\"path\":\"/ping\"");
     let line = out
         .lines()
@@ -439,7 +517,20 @@ fn access_log_lines_human_json_and_off() {
     assert_eq!(entry["type"], "text/plain");
     assert_eq!(entry["length"], 4);
     assert!(entry["t"].as_str().unwrap().ends_with('Z'));
-    assert!(entry["totalSeconds"].as_f64().unwrap() >= entry["workerSeconds"].as_f64().unwrap());
+    let (total, queue, worker) = (
+        entry["totalSeconds"].as_f64().unwrap(),
+        entry["queueSeconds"].as_f64().unwrap(),
+        entry["workerSeconds"].as_f64().unwrap(),
+    );
+    assert!(
+        total >= queue + worker && queue >= 0.0 && worker > 0.0,
+        "{line}"
+    );
+    assert_eq!(
+        entry["requestId"].as_str(),
+        r.header("x-request-id"),
+        "{line}"
+    );
 
     let mut quiet = Server::start(&["builtin:hello", "w:1", "--no-access-log"]);
     quiet.wait_workers(1);

@@ -5,7 +5,8 @@
 //!
 //! Input: `[flags, split_lo, split_hi, head and body...]`; flags bit 0:
 //! `--allow-underscore-headers`, bits 1-2: the client address (none, IPv4,
-//! IPv6, IPv4-mapped IPv6), bit 3: no connected-to address for HTTP/1.0.
+//! IPv6, IPv4-mapped IPv6), bit 3: no connected-to address for HTTP/1.0,
+//! bit 4: the peer is trusted (if one of `invariants::proxies`).
 
 #![no_main]
 
@@ -15,7 +16,7 @@ mod invariants;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use rip_server::lb::http1::{self, Context};
+use rip_server::lb::http1;
 
 fuzz_target!(|data: &[u8]| {
     let [flags, lo, hi, buf @ ..] = data else {
@@ -27,11 +28,12 @@ fuzz_target!(|data: &[u8]| {
         2 => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         _ => Some(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 9).to_ipv6_mapped())),
     };
-    let context = Context {
+    let context = invariants::context(
         client,
-        host: (flags & 8 == 0).then_some("127.0.0.1:3000"),
-        underscores: flags & 1 == 1,
-    };
+        (flags & 8 == 0).then_some("127.0.0.1:3000"),
+        flags & 1 == 1,
+        flags & 16 == 16,
+    );
     let split = usize::from(u16::from_le_bytes([*lo, *hi])) % (buf.len() + 1);
     let mut prefixes = vec![split, buf.len().saturating_sub(1)];
     let mut out = Vec::new();

@@ -9,7 +9,8 @@
 //!
 //! Input: `[flags, split_lo, split_hi, head and body...]`; flags bit 0: the
 //! request was HEAD, bit 1: the client speaks HTTP/1.0, bit 2: the client
-//! connection closes after this response.
+//! connection closes after this response, bit 3: the request has an id to
+//! echo.
 
 #![no_main]
 
@@ -27,18 +28,18 @@ fuzz_target!(|data: &[u8]| {
         head_request: flags & 1 == 1,
         client_http10: flags & 2 == 2,
         close: flags & 4 == 4,
+        request_id: flags & 8 == 8,
     };
     let split = usize::from(u16::from_le_bytes([*lo, *hi])) % (buf.len() + 1);
     let mut prefixes = vec![split, buf.len().saturating_sub(1)];
     let mut out = Vec::new();
-    let parsed = http1::parse_response(
-        buf,
-        cx.head_request,
-        cx.client_http10,
-        cx.close,
-        invariants::DATE,
-        &mut out,
-    );
+    let asked = http1::Asked {
+        head_request: cx.head_request,
+        client_http10: cx.client_http10,
+        close: cx.close,
+        request_id: if cx.request_id { invariants::REQUEST_ID } else { b"" },
+    };
+    let parsed = http1::parse_response(buf, &asked, invariants::DATE, &mut out);
     match parsed {
         Ok((Parsed::Final(head), ..)) => prefixes.extend([head.len.saturating_sub(1), head.len]),
         Ok((Parsed::Interim(len), ..)) => prefixes.extend([len.saturating_sub(1), len]),
@@ -48,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         panic!("{why}\n{cx:?}\ninput {}", invariants::lit(data));
     }
     let mut prefixes = vec![split, buf.len().saturating_sub(1)];
-    if let Ok(Some(len)) = http1::parse_switch(buf, invariants::DATE, &mut out) {
+    if let Ok(Some(len)) = http1::parse_switch(buf, invariants::DATE, invariants::REQUEST_ID, &mut out) {
         prefixes.extend([len.saturating_sub(1), len]);
     }
     if let Err(why) = invariants::check_switch(buf, &prefixes) {

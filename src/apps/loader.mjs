@@ -122,6 +122,8 @@ async function reload() {
   let next;
   let mod;
   try {
+    // A CommonJS entry is cached by its file name, whatever the URL's query.
+    if (!isBun) delete (await import("node:module")).createRequire(entry).cache[entry];
     mod = await import(`${entrySpec}?v=${generation}`);
     next = handlerOf(mod);
   } catch (err) {
@@ -161,7 +163,48 @@ function chmodSocket() {
   }
 }
 
+// Node decides a `.js` file's format by the nearest package.json: with
+// `"type": "commonjs"` (what `npm init -y` writes) an ES-module entry fails
+// with "Cannot use import statement outside a module". The app's own `.js`
+// files (not node_modules) that Node would load as CommonJS but that do not
+// compile as CommonJS for ES-module syntax are loaded as ES modules instead,
+// through a module hook (Node >= 20.6). A CommonJS file stays CommonJS.
+const FORMAT_HOOK = `
+import { readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import vm from "node:vm";
+let appDir = null;
+export function initialize(data) { appDir = data.appDir; }
+const ESM_ONLY = /Cannot use import statement|Unexpected token 'export'|import\\.meta|await is only valid|Cannot use 'import\\.meta'/;
+function esmSyntax(source) {
+  try {
+    vm.compileFunction(source, ["exports", "require", "module", "__filename", "__dirname"]);
+    return false;
+  } catch (err) {
+    return err instanceof SyntaxError && ESM_ONLY.test(err.message);
+  }
+}
+export async function load(url, context, nextLoad) {
+  const result = await nextLoad(url, context);
+  const file = url.split("?")[0];
+  if (result.format !== "commonjs" || !file.startsWith(appDir) || !file.endsWith(".js") ||
+      file.includes("/node_modules/")) {
+    return result;
+  }
+  const source = result.source == null ? await readFile(fileURLToPath(file), "utf8") : String(result.source);
+  return esmSyntax(source) ? { format: "module", source, shortCircuit: true } : result;
+}
+`;
+
+async function registerFormatHook() {
+  const mod = await import("node:module");
+  if (typeof mod.register !== "function") return; // Node < 20.6: as Node decides
+  const appDir = pathToFileURL(process.cwd()).href.replace(/\/?$/, "/");
+  mod.register(`data:text/javascript,${encodeURIComponent(FORMAT_HOOK)}`, { data: { appDir } });
+}
+
 async function initialLoad() {
+  if (!isBun) await registerFormatHook();
   let mod;
   try {
     mod = await import(entrySpec);

@@ -23,7 +23,11 @@ pub struct Entry<'a> {
     pub content_type: Option<&'a str>,
     pub length: u64,
     pub total: Duration,
+    /// Waiting for a worker.
+    pub queued: Duration,
+    /// From the request out to the response head.
     pub worker: Duration,
+    pub request_id: &'a str,
 }
 
 #[derive(Clone)]
@@ -73,7 +77,7 @@ impl AccessLog {
     }
 }
 
-/// `[2026-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B`
+/// `[2026-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B <request id>`
 fn write_human(out: &mut Vec<u8>, now: SystemTime, e: &Entry<'_>) -> std::io::Result<()> {
     out.push(b'[');
     write_time(out, now, b' ')?;
@@ -86,7 +90,7 @@ fn write_human(out: &mut Vec<u8>, now: SystemTime, e: &Entry<'_>) -> std::io::Re
         .map(|t| t.split_once('/').map_or(t, |(_, sub)| sub))
         .unwrap_or("");
     out.extend_from_slice(subtype.as_bytes());
-    writeln!(out, " {}B", e.length)
+    writeln!(out, " {}B {}", e.length, e.request_id)
 }
 
 /// `{"t":"2026-11-28T12:00:00.123Z","app":"hello","method":"GET",...}`
@@ -101,16 +105,19 @@ fn write_json(out: &mut Vec<u8>, app: &str, now: SystemTime, e: &Entry<'_>) -> s
     write_json_str(out, e.path);
     write!(
         out,
-        ",\"status\":{},\"totalSeconds\":{},\"workerSeconds\":{}",
+        ",\"status\":{},\"totalSeconds\":{},\"queueSeconds\":{},\"workerSeconds\":{}",
         e.status,
         e.total.as_secs_f64(),
+        e.queued.as_secs_f64(),
         e.worker.as_secs_f64()
     )?;
     if let Some(media) = media_type(e.content_type) {
         out.extend_from_slice(b",\"type\":");
         write_json_str(out, media);
     }
-    writeln!(out, ",\"length\":{}}}", e.length)
+    write!(out, ",\"length\":{},\"requestId\":", e.length)?;
+    write_json_str(out, e.request_id);
+    writeln!(out, "}}")
 }
 
 /// `text/plain` of `text/plain; charset=utf-8`.
@@ -234,7 +241,9 @@ mod tests {
             content_type: Some(content_type),
             length: 4,
             total: Duration::from_micros(52),
+            queued: Duration::from_micros(7),
             worker: Duration::from_micros(41),
+            request_id: "5f0c7d2e-1b1a-4c4e-9a52-0b1c2d3e4f50",
         }
     }
 
@@ -247,7 +256,7 @@ mod tests {
         write_human(&mut out, at, &entry(&method, ct)).expect("write");
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
-            "[2025-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B\n"
+            "[2025-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B 5f0c7d2e-1b1a-4c4e-9a52-0b1c2d3e4f50\n"
         );
     }
 
@@ -267,5 +276,7 @@ mod tests {
         assert_eq!(line["length"], 4);
         assert!(line["totalSeconds"].as_f64().expect("f64") > 0.0);
         assert!(line["workerSeconds"].as_f64().expect("f64") > 0.0);
+        assert_eq!(line["queueSeconds"].as_f64(), Some(0.000007));
+        assert_eq!(line["requestId"], "5f0c7d2e-1b1a-4c4e-9a52-0b1c2d3e4f50");
     }
 }

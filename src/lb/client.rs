@@ -14,10 +14,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::forwarded::{Hop, RequestId};
 use super::http1::{self, HeadError, Own, RequestHead};
 use super::io::{Socket, HEAD_CHUNK};
 use super::proxy::{Client, Next};
 use super::Lb;
+use crate::flags::TrustedProxies;
 
 /// How long a connection may wait.
 #[derive(Debug, Clone, Copy)]
@@ -41,9 +43,15 @@ pub(super) async fn serve(
         local.to_string(),
         lb.proxy.spools.clone(),
     );
-    let underscores = lb.underscore_headers;
+    client.port = Some(local.port());
+    client.trusted = lb.trusted_proxies.contains(peer.ip());
+    let reading = Reading {
+        timeouts: lb.timeouts,
+        underscores: lb.underscore_headers,
+        proxies: &lb.trusted_proxies,
+    };
     loop {
-        let head = match read_head(&mut client, &mut stop, lb.timeouts, underscores).await {
+        let head = match read_head(&mut client, &mut stop, &reading).await {
             Some(Ok(head)) => head,
             Some(Err(refused)) => {
                 let (status, reason) = refused.status();
@@ -103,25 +111,51 @@ const LINGER_LIMIT: Duration = Duration::from_secs(5);
 /// and reads at most this much.
 const LINGER_MAX: usize = 64 * 1024 * 1024;
 
+/// How a connection's request heads are read.
+struct Reading<'a> {
+    timeouts: Timeouts,
+    /// `--allow-underscore-headers`.
+    underscores: bool,
+    /// `--trusted-proxies`.
+    proxies: &'a TrustedProxies,
+}
+
 /// Reads until a whole request head is buffered. None: the connection
-/// ended, timed out, or the LB is stopping while it was idle.
+/// ended, timed out, or the LB is stopping while it was idle. The request
+/// gets its id (the one a trusted proxy gave, or a new one).
 async fn read_head(
     client: &mut Client,
     stop: &mut watch::Receiver<bool>,
-    timeouts: Timeouts,
-    underscores: bool,
+    reading: &Reading<'_>,
 ) -> Option<Result<RequestHead, HeadError>> {
+    let timeouts = reading.timeouts;
     let idle_deadline = Instant::now() + timeouts.idle;
     let mut head_deadline = None;
+    client.request_id = RequestId::generate();
+    client.queued = Duration::ZERO;
     loop {
         if !client.buf.is_empty() {
             let context = http1::Context {
-                client: client.peer,
+                hop: Hop {
+                    client: client.peer,
+                    trusted: client.trusted.then_some(reading.proxies),
+                    https: false,
+                    port: client.port,
+                    request_id: client.request_id.as_bytes(),
+                    received_us: micros_since_epoch(),
+                },
                 host: Some(&client.host),
-                underscores,
+                underscores: reading.underscores,
             };
             match http1::parse_request(&client.buf, &context, &mut client.req_head) {
-                Ok(Some(head)) => return Some(Ok(head)),
+                Ok(Some(head)) => {
+                    if let Some(id) = head.request_id.clone() {
+                        if let Some(id) = RequestId::from_bytes(&client.buf[id]) {
+                            client.request_id = id;
+                        }
+                    }
+                    return Some(Ok(head));
+                }
                 Ok(None) => {}
                 Err(refused) => return Some(Err(refused)),
             }
@@ -141,6 +175,12 @@ async fn read_head(
             _ = stop.changed(), if idle => return None,
         }
     }
+}
+
+fn micros_since_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// An answer the LB owns, by route.

@@ -13,11 +13,12 @@
 //! `Transfer-Encoding` or conflicting lengths (`400`: no request
 //! smuggling), an unsupported transfer coding or `CONNECT` (`501`).
 
-use std::net::IpAddr;
 use std::ops::Range;
 use std::time::SystemTime;
 
 use hyper::Method;
+
+use super::forwarded::{self, Claim, Hop};
 
 /// The largest head the LB sends or reads back (hyper's and most servers'
 /// order of magnitude).
@@ -26,11 +27,13 @@ pub const MAX_HEAD: usize = 32 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// The largest head accepted from a client or an app (`431` or `502`
 /// beyond): room is left for the fields the LB adds (`Host`,
-/// `X-Forwarded-For`, framing, `Date`, `Connection`), so that what it sends
-/// on stays within [`MAX_HEAD`] and [`MAX_HEADERS`].
-pub const MAX_HEAD_IN: usize = MAX_HEAD - 512;
+/// the forwarding fields, framing, `Date`, `Connection`, `X-Request-Id`),
+/// so that what it sends on stays within [`MAX_HEAD`] and [`MAX_HEADERS`]
+/// (a head whose `Host` is too long to be copied to `X-Forwarded-Host`
+/// within them is `431`).
+pub const MAX_HEAD_IN: usize = MAX_HEAD - 1024;
 /// The most header fields accepted from a client or an app.
-pub const MAX_FIELDS_IN: usize = MAX_HEADERS - 4;
+pub const MAX_FIELDS_IN: usize = MAX_HEADERS - 10;
 
 /// Why a request head is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +81,9 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue`: the LB answers it when the body is wanted.
     pub expect_continue: bool,
+    /// Where the trusted proxy's `X-Request-Id` that was kept lies in the
+    /// buffer (None: the LB's own id was sent).
+    pub request_id: Option<Range<usize>>,
     /// A WebSocket handshake (`Connection: upgrade`, `Upgrade: websocket`):
     /// forwarded with both, and a `101` turns the exchange into a tunnel.
     pub websocket: bool,
@@ -106,7 +112,9 @@ enum Field {
     TransferEncoding,
     Host,
     Expect,
-    ForwardedFor,
+    /// Who the client is or how it came: the LB's to write
+    /// ([`forwarded`]).
+    Claim(Claim),
     Date,
     ContentType,
     WorkerBusy,
@@ -138,14 +146,13 @@ fn field(name: &str) -> Field {
         }
         12 if eq("content-type") => Field::ContentType,
         14 if eq("content-length") => Field::ContentLength,
-        15 if eq("x-forwarded-for") => Field::ForwardedFor,
         15 if eq("rip-worker-busy") => Field::WorkerBusy,
         16 if eq("proxy-connection") => Field::Dropped,
         17 if eq("transfer-encoding") => Field::TransferEncoding,
         17 if eq("x-accel-buffering") => Field::AccelBuffering,
         18 if eq("rip-worker-recycle") => Field::WorkerRecycle,
         n if n >= 11 && name[..11].eq_ignore_ascii_case("rip-worker-") => Field::Dropped,
-        _ => Field::Kept,
+        _ => forwarded::claim(name).map_or(Field::Kept, Field::Claim),
     }
 }
 
@@ -192,8 +199,8 @@ fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, ()> {
 /// What a request head is read with besides its bytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Context<'a> {
-    /// The client's address, appended to `X-Forwarded-For`.
-    pub client: Option<IpAddr>,
+    /// How the request came: what the forwarding fields say.
+    pub hop: Hop<'a>,
     /// The `Host` an HTTP/1.0 request without one is given: the address the
     /// client connected to.
     pub host: Option<&'a str>,
@@ -332,16 +339,27 @@ fn controlled_when_dashed(name: &str) -> bool {
     let prefixed = |prefix: &str| {
         name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(b, t)| same(b, t))
     };
+    let claim = || {
+        let mut dashed = [0u8; 32];
+        let n = name.len();
+        n <= dashed.len() && {
+            for (d, b) in dashed.iter_mut().zip(name.bytes()) {
+                *d = if b == b'_' { b'-' } else { b };
+            }
+            std::str::from_utf8(&dashed[..n]).is_ok_and(|d| forwarded::claim(d).is_some())
+        }
+    };
     CONTROLLED
         .iter()
         .any(|t| name.len() == t.len() && name.bytes().zip(t.bytes()).all(|(b, t)| same(b, t)))
         || prefixed("x-forwarded-")
         || prefixed("rip-worker-")
+        || claim()
 }
 
 /// Fields an app must get from the LB alone (with [`controlled_when_dashed`]'s
-/// prefixes `x-forwarded-` and `rip-worker-`).
-const CONTROLLED: [&str; 12] = [
+/// prefixes `x-forwarded-` and `rip-worker-`, and every [`forwarded::claim`]).
+const CONTROLLED: [&str; 10] = [
     "host",
     "content-length",
     "transfer-encoding",
@@ -352,8 +370,6 @@ const CONTROLLED: [&str; 12] = [
     "trailer",
     "upgrade",
     "expect",
-    "forwarded",
-    "x-real-ip",
 ];
 
 /// Parses a request head at the start of `buf`. `Ok(None)`: incomplete.
@@ -397,7 +413,6 @@ pub fn parse_request(
     let mut host: Option<&[u8]> = None;
     let mut hosts = 0;
     let mut expect_continue = false;
-    let mut forwarded_for: Option<&[u8]> = None;
     let mut upgrade: Option<&[u8]> = None;
     for f in request.headers.iter() {
         match field(f.name) {
@@ -425,7 +440,6 @@ pub fn parse_request(
                 expect_continue =
                     !http10 && f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
             }
-            Field::ForwardedFor => forwarded_for = Some(f.value),
             Field::Upgrade => upgrade = Some(f.value),
             _ => {}
         }
@@ -486,22 +500,33 @@ pub fn parse_request(
                     && !listed(&connection, f.name)
             }
             Field::Kept | Field::Date | Field::ContentType => !listed(&connection, f.name),
+            // From a trusted proxy, the claims the LB does not rewrite (but
+            // never a name with `_`: read with `-`, it is a claim too).
+            Field::Claim(Claim::Passed) => {
+                context.hop.trusted.is_some()
+                    && !f.name.contains('_')
+                    && !listed(&connection, f.name)
+            }
             _ => false,
         };
         if kept {
             put_header(out, f.name.as_bytes(), f.value);
         }
     }
-    match (&form, host) {
+    let host = match (&form, host) {
         (Target::Absolute { authority, .. }, _) => {
-            put_header(out, b"host", &buf[authority.clone()])
+            let authority = &buf[authority.clone()];
+            put_header(out, b"host", authority);
+            authority
         }
         // HTTP/1.0 without Host reaches the app as HTTP/1.1, so it gets one.
         (Target::Origin, None) => {
-            put_header(out, b"host", context.host.unwrap_or("localhost").as_bytes())
+            let local = context.host.unwrap_or("localhost").as_bytes();
+            put_header(out, b"host", local);
+            local
         }
-        _ => {}
-    }
+        (Target::Origin, Some(host)) => host,
+    };
     if websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
     }
@@ -512,21 +537,14 @@ pub fn parse_request(
         Framing::None if length.is_some() => out.extend_from_slice(b"content-length: 0\r\n"),
         _ => {}
     }
-    if let Some(ip) = context.client {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prior) = forwarded_for {
-            out.extend_from_slice(prior);
-            out.extend_from_slice(b", ");
-        }
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        use std::io::Write;
-        let _ = write!(out, "{ip}");
-        out.extend_from_slice(b"\r\n");
-    }
+    let request_id = forwarded::put_fields(out, request.headers, host, &context.hop)
+        .map(|id| offset_of(buf, id));
     out.extend_from_slice(b"\r\n");
+    // The fields the LB adds fit within the room left for them, but for a
+    // `Host` so long that its copy in `X-Forwarded-Host` does not.
+    if out.len() > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
     Ok(Some(RequestHead {
         len,
         method,
@@ -536,6 +554,7 @@ pub fn parse_request(
         keep_alive,
         expect_continue,
         websocket,
+        request_id,
     }))
 }
 
@@ -622,6 +641,7 @@ pub enum Relay {
 pub fn parse_switch(
     buf: &[u8],
     date: &[u8],
+    request_id: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<Option<usize>, &'static str> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -649,27 +669,32 @@ pub fn parse_switch(
     out.extend_from_slice(b"HTTP/1.1 101 ");
     out.extend_from_slice(response.reason.unwrap_or("Switching Protocols").as_bytes());
     out.extend_from_slice(b"\r\n");
-    put_response_fields(out, response.headers, &connection, date);
+    put_response_fields(out, response.headers, &connection, date, request_id);
     out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
     Ok(Some(len))
 }
 
 /// Writes the fields of an app's response head that go on to the client
 /// (hop-by-hop, internal and `Connection`-named ones dropped, framing and
-/// `Date` the LB's own), then the LB's `Date`.
+/// `Date` the LB's own), then the LB's `Date`, and the request's id unless
+/// the app sent one of its own (an empty `request_id`: none).
 fn put_response_fields(
     out: &mut Vec<u8>,
     headers: &[httparse::Header<'_>],
     connection: &[&[u8]],
     date: &[u8],
+    request_id: &[u8],
 ) {
+    let mut has_id = false;
     for f in headers {
         let kept = match field(f.name) {
-            Field::Kept
-            | Field::Host
-            | Field::Expect
-            | Field::ForwardedFor
-            | Field::ContentType => !listed(connection, f.name),
+            Field::Claim(claim) => {
+                has_id |= claim == Claim::RequestId;
+                !listed(connection, f.name)
+            }
+            Field::Kept | Field::Host | Field::Expect | Field::ContentType => {
+                !listed(connection, f.name)
+            }
             _ => false,
         };
         if kept {
@@ -679,22 +704,41 @@ fn put_response_fields(
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\n");
+    if !has_id && !request_id.is_empty() {
+        put_header(out, b"x-request-id", request_id);
+    }
+}
+
+/// What a response answers: how the request asked for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Asked<'a> {
+    /// The request was `HEAD`: no body follows whatever the headers say.
+    pub head_request: bool,
+    /// The client speaks HTTP/1.0.
+    pub client_http10: bool,
+    /// The client connection closes after this response.
+    pub close: bool,
+    /// The request's id, echoed in `X-Request-Id` unless the app sent one
+    /// (empty: none).
+    pub request_id: &'a [u8],
 }
 
 /// Parses a worker's response head at the start of `buf` and writes the
-/// head the client gets to `out` (cleared first). `head_request`: the
-/// request was `HEAD` (no body follows whatever the headers say);
-/// `client_http10`: the client speaks HTTP/1.0; `close`: the client
-/// connection closes after this response. Returns the parsed head and how
-/// the body is relayed.
+/// head the client gets to `out` (cleared first). Returns the parsed head,
+/// how the body is relayed, and whether the client connection closes after
+/// it.
 pub fn parse_response(
     buf: &[u8],
-    head_request: bool,
-    client_http10: bool,
-    mut close: bool,
+    asked: &Asked<'_>,
     date: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(Parsed, Relay, bool), &'static str> {
+    let Asked {
+        head_request,
+        client_http10,
+        mut close,
+        request_id,
+    } = *asked;
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut fields);
     let len = match response.parse(buf) {
@@ -803,7 +847,7 @@ pub fn parse_response(
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    put_response_fields(out, response.headers, &connection, date);
+    put_response_fields(out, response.headers, &connection, date, request_id);
     match (relay, length) {
         // A 204 has no framing at all (RFC 9110 §8.6, §6.1): a client that
         // took a length on it would read the next response as its body.
@@ -885,7 +929,8 @@ impl Own<'static> {
 }
 
 /// Writes `own` as a complete response to `out` (cleared first).
-pub fn own_response(own: &Own<'_>, date: &[u8], out: &mut Vec<u8>) {
+/// `request_id`: the request's id (empty for a head the LB could not read).
+pub fn own_response(own: &Own<'_>, date: &[u8], request_id: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     put_status(out, own.status);
@@ -903,6 +948,9 @@ pub fn own_response(own: &Own<'_>, date: &[u8], out: &mut Vec<u8>) {
     }
     if own.no_cache {
         out.extend_from_slice(b"cache-control: no-cache\r\n");
+    }
+    if !request_id.is_empty() {
+        put_header(out, b"x-request-id", request_id);
     }
     if own.close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -946,12 +994,30 @@ impl DateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     const CONTEXT: Context<'static> = Context {
-        client: Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3))),
+        hop: Hop {
+            client: Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3))),
+            trusted: None,
+            https: false,
+            port: Some(3000),
+            request_id: b"rid-1",
+            received_us: 1_764_331_200_000_123,
+        },
         host: Some("127.0.0.1:3000"),
         underscores: false,
     };
+
+    /// The fields the LB adds to a request from [`CONTEXT`]'s client with
+    /// this `Host`.
+    fn forwarding(host: &str) -> String {
+        format!(
+            "x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\nx-forwarded-host: {host}\r\n\
+             x-forwarded-port: 3000\r\nx-real-ip: 10.1.2.3\r\nx-request-id: rid-1\r\n\
+             x-request-start: t=1764331200000123\r\n"
+        )
+    }
 
     fn request_in(
         raw: &str,
@@ -982,7 +1048,10 @@ mod tests {
         assert!(head.keep_alive && !head.http10);
         assert_eq!(
             out,
-            "GET /ping?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nx-forwarded-for: 10.1.2.3\r\n\r\n"
+            format!(
+                "GET /ping?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n{}\r\n",
+                forwarding("a")
+            )
         );
     }
 
@@ -1084,11 +1153,151 @@ mod tests {
     }
 
     #[test]
-    fn expect_continue_is_answered_here_and_forwarded_for_is_appended() {
-        let (head, out) = ok("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n");
+    fn expect_continue_is_answered_here() {
+        let (head, out) =
+            ok("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
         assert!(head.expect_continue);
         assert!(!out.to_ascii_lowercase().contains("expect"));
-        assert!(out.contains("x-forwarded-for: 1.1.1.1, 10.1.2.3\r\n"));
+    }
+
+    /// Issue 13: what a client says of who it is or how it came is
+    /// replaced, whatever its case or how many times it says it.
+    #[test]
+    fn an_untrusted_clients_claims_are_replaced() {
+        let raw = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nx-forwarded-for: 7.7.7.7\r\n\
+                   X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 443\r\n\
+                   X-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\r\nX-Forwarded-Ssl: on\r\n\
+                   X-Forwarded-Prefix: /admin\r\nX-Client-IP: 6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\n\
+                   CF-Connecting-IP: 6.6.6.6\r\nX-Request-Id: mine\r\nX-Request-Start: t=1\r\n\
+                   X-Queue-Start: t=1\r\nAccept: */*\r\n\r\n";
+        let (head, out) = ok(raw);
+        assert_eq!(head.request_id, None);
+        assert_eq!(
+            out,
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n{}\r\n",
+                forwarding("a")
+            )
+        );
+    }
+
+    /// From a trusted proxy the chain goes on: `X-Forwarded-For` gets the
+    /// peer, `X-Real-IP` is the nearest untrusted address, and the rest
+    /// is the proxy's (several lines joined into one).
+    #[test]
+    fn a_trusted_proxys_claims_are_kept() {
+        let proxies = crate::flags::TrustedProxies::parse("10.0.0.0/8").expect("valid");
+        let trusted = Context {
+            hop: Hop {
+                trusted: Some(&proxies),
+                ..CONTEXT.hop
+            },
+            ..CONTEXT
+        };
+        let raw = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6, 1.2.3.4\r\nX-Forwarded-For: 10.9.9.9\r\n\
+                   X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.example\r\nX-Forwarded-Port: 443\r\n\
+                   X-Real-IP: 6.6.6.6\r\nForwarded: for=1.2.3.4;proto=https\r\nX-Forwarded-Ssl: on\r\n\
+                   X-Request-Id: Root=1-abc\r\nX-Request-Start: t=1764331199999000\r\n\r\n";
+        let (head, out) = request_in(raw, &trusted).expect("valid").expect("complete");
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=1.2.3.4;proto=https\r\nX-Forwarded-Ssl: on\r\n\
+             x-forwarded-for: 6.6.6.6, 1.2.3.4, 10.9.9.9, 10.1.2.3\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: shop.example\r\nx-forwarded-port: 443\r\nx-real-ip: 1.2.3.4\r\n\
+             x-request-id: Root=1-abc\r\nx-request-start: t=1764331199999000\r\n\r\n"
+        );
+        assert_eq!(head.request_id.map(|r| &raw[r]), Some("Root=1-abc"));
+        // What the proxy did not say is the LB's; an id that is not plain,
+        // or given twice, is replaced.
+        for raw in [
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: a b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: a\r\nX-Request-Id: b\r\n\r\n",
+        ] {
+            let (head, out) = request_in(raw, &trusted).expect("valid").expect("complete");
+            assert_eq!(head.request_id, None);
+            assert_eq!(
+                out,
+                format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", forwarding("a"))
+            );
+        }
+    }
+
+    /// Found by the fuzz target: a trusted proxy's `X-Forwarded-*` name with
+    /// `_` went on, though names with `_` are dropped.
+    #[test]
+    fn a_trusted_proxys_claims_with_underscores_are_dropped() {
+        let proxies = crate::flags::TrustedProxies::parse("10.0.0.0/8").expect("valid");
+        for underscores in [false, true] {
+            let trusted = Context {
+                hop: Hop {
+                    trusted: Some(&proxies),
+                    ..CONTEXT.hop
+                },
+                underscores,
+                ..CONTEXT
+            };
+            let raw =
+                "GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-Hoi_n: 1\r\nX-Forwarded-Ssl: on\r\n\r\n";
+            let (_, out) = request_in(raw, &trusted).expect("valid").expect("complete");
+            assert!(!out.contains("Hoi_n"), "{out}");
+            assert!(out.contains("X-Forwarded-Ssl: on\r\n"), "{out}");
+        }
+    }
+
+    /// Without a client address (a test's context) nothing claims one; the
+    /// rest is still the LB's.
+    #[test]
+    fn no_address_no_address_fields() {
+        let (_, out) = request_in(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\r\n",
+            &Context::default(),
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"
+        );
+    }
+
+    /// A `Host` too long to be copied into `X-Forwarded-Host` within the
+    /// limits of what the LB sends is `431`, not a head over them.
+    #[test]
+    fn a_host_too_long_to_forward_is_431() {
+        let host = "h".repeat(MAX_HEAD_IN - 100);
+        let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_eq!(request(&raw).err(), Some(HeadError::TooLarge));
+        let host = "h".repeat(MAX_HEAD / 2 - 600);
+        let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let (_, out) = ok(&raw);
+        assert!(out.len() <= MAX_HEAD);
+    }
+
+    /// The request's id is echoed to the client, unless the app sent its
+    /// own.
+    #[test]
+    fn responses_carry_the_request_id() {
+        let asked = Asked {
+            request_id: b"rid-1",
+            ..Asked::default()
+        };
+        let mut out = Vec::new();
+        for (app, client) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ndate: D\r\nx-request-id: rid-1\r\ncontent-length: 0\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX-Request-Id: app\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nX-Request-Id: app\r\ndate: D\r\ncontent-length: 0\r\n\r\n",
+            ),
+        ] {
+            parse_response(app.as_bytes(), &asked, b"D", &mut out).expect("valid");
+            assert_eq!(String::from_utf8_lossy(&out), client);
+        }
+        let own = Own::text(504, "Gateway Timeout", "Queue timeout", false);
+        own_response(&own, b"D", b"rid-1", &mut out);
+        assert!(String::from_utf8_lossy(&out).contains("\r\nx-request-id: rid-1\r\n"));
     }
 
     fn response(
@@ -1098,11 +1307,15 @@ mod tests {
         close: bool,
     ) -> (Parsed, Relay, bool, String) {
         let mut out = Vec::new();
+        let asked = Asked {
+            head_request,
+            client_http10: http10,
+            close,
+            request_id: b"",
+        };
         let (parsed, relay, close) = parse_response(
             raw.as_bytes(),
-            head_request,
-            http10,
-            close,
+            &asked,
             b"Sat, 28 Nov 2026 12:00:00 GMT",
             &mut out,
         )
@@ -1227,16 +1440,9 @@ mod tests {
             Parsed::Interim("HTTP/1.1 100 Continue\r\n\r\n".len())
         );
         let mut out = Vec::new();
-        assert!(parse_response(
-            b"HTTP/1.1 101 Switching\r\n\r\n",
-            false,
-            false,
-            false,
-            b"d",
-            &mut out
-        )
-        .is_err());
-        assert!(parse_response(b"garbage\r\n\r\n", false, false, false, b"d", &mut out).is_err());
+        let asked = Asked::default();
+        assert!(parse_response(b"HTTP/1.1 101 Switching\r\n\r\n", &asked, b"d", &mut out).is_err());
+        assert!(parse_response(b"garbage\r\n\r\n", &asked, b"d", &mut out).is_err());
     }
 
     /// Issue 10, hole 5: httparse takes a bare LF as a line end, llhttp
@@ -1298,7 +1504,10 @@ mod tests {
         assert!(head.http10);
         assert_eq!(
             out,
-            "GET /p HTTP/1.1\r\nhost: 127.0.0.1:3000\r\nx-forwarded-for: 10.1.2.3\r\n\r\n"
+            format!(
+                "GET /p HTTP/1.1\r\nhost: 127.0.0.1:3000\r\n{}\r\n",
+                forwarding("127.0.0.1:3000")
+            )
         );
         // Connection cannot remove Host (or the framing).
         let (_, out) = ok("POST / HTTP/1.1\r\nHost: a\r\nConnection: close, host, content-length, transfer-encoding\r\nContent-Length: 2\r\n\r\nhi");
@@ -1331,7 +1540,10 @@ mod tests {
         assert_eq!(head.target(raw.as_bytes()), "/x?y=1");
         assert_eq!(
             out,
-            "GET /x?y=1 HTTP/1.1\r\nhost: b.example:81\r\nx-forwarded-for: 10.1.2.3\r\n\r\n"
+            format!(
+                "GET /x?y=1 HTTP/1.1\r\nhost: b.example:81\r\n{}\r\n",
+                forwarding("b.example:81")
+            )
         );
         let (_, out) = ok("GET HTTP://b?q HTTP/1.1\r\nHost: b\r\n\r\n");
         assert!(out.starts_with("GET /?q HTTP/1.1\r\nhost: b\r\n"), "{out}");
@@ -1423,7 +1635,7 @@ mod tests {
         }
         let mut out = Vec::new();
         let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nDate: old\r\n\r\nframes";
-        let len = parse_switch(switch, b"D", &mut out)
+        let len = parse_switch(switch, b"D", b"", &mut out)
             .expect("valid")
             .expect("a 101");
         assert_eq!(&switch[len..], b"frames");
@@ -1433,12 +1645,13 @@ mod tests {
         );
         let mut out = Vec::new();
         assert_eq!(
-            parse_switch(b"HTTP/1.1 200 OK\r\n\r\n", b"D", &mut out),
+            parse_switch(b"HTTP/1.1 200 OK\r\n\r\n", b"D", b"", &mut out),
             Ok(None)
         );
         assert!(parse_switch(
             b"HTTP/1.1 101 S\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
             b"D",
+            b"",
             &mut out
         )
         .is_err());
@@ -1495,7 +1708,7 @@ mod tests {
 
     fn response_error(raw: &str) -> Option<&'static str> {
         let mut out = Vec::new();
-        parse_response(raw.as_bytes(), false, false, false, b"d", &mut out).err()
+        parse_response(raw.as_bytes(), &Asked::default(), b"d", &mut out).err()
     }
 
     /// Issue 10, hole 3 and hole 8: what the LB cannot frame for sure, or
@@ -1598,7 +1811,7 @@ mod tests {
             retry_after: true,
             ..Own::text(503, "Service Unavailable", "Server busy", false)
         };
-        own_response(&own, b"D", &mut out);
+        own_response(&own, b"D", b"", &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 11\r\ndate: D\r\nretry-after: 1\r\n\r\nServer busy"

@@ -23,6 +23,7 @@ pub mod chunked;
 pub mod client;
 pub mod control;
 pub mod exchange;
+pub mod forwarded;
 pub mod http1;
 pub mod io;
 mod memory;
@@ -100,6 +101,8 @@ struct Lb {
     timeouts: client::Timeouts,
     /// Forward request header names with underscores.
     underscore_headers: bool,
+    /// Peers whose forwarding fields are kept.
+    trusted_proxies: crate::flags::TrustedProxies,
     /// Where the LB answers its status and `ok` itself (None: the app).
     status_path: Option<String>,
     health_path: Option<String>,
@@ -175,6 +178,7 @@ async fn serve(
             header: config.header_timeout,
         },
         underscore_headers: config.underscore_headers,
+        trusted_proxies: config.trusted_proxies.clone(),
         status_path: config.status_path.clone(),
         health_path: config.health_path.clone(),
         app: config.app.name.clone(),

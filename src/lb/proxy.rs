@@ -21,6 +21,7 @@ use super::backlog::Backlog;
 use super::balancer::{Balancer, Reject};
 use super::body::{BodyError, Output, Relayer, RequestBody};
 use super::exchange::{Exchange, Limits, Phase, Then};
+use super::forwarded::RequestId;
 use super::http1::{self, DateCache, Framing, Own, Parsed, RequestHead};
 use super::io::{Socket, BODY_CHUNK, HEAD_CHUNK};
 use super::spool::{Spool, Spools};
@@ -156,6 +157,14 @@ pub struct Client {
     pub out: Output,
     /// The local address the client reached, as a `Host` value.
     pub host: String,
+    /// The port the client connected to.
+    pub port: Option<u16>,
+    /// The peer is a trusted proxy (`--trusted-proxies`).
+    pub trusted: bool,
+    /// The current request's id.
+    pub request_id: RequestId,
+    /// How long the current request waited for a worker.
+    pub queued: Duration,
     /// The client has closed its end (it sends nothing more).
     pub eof: bool,
     /// What the client has not taken yet of a response.
@@ -167,6 +176,10 @@ impl Client {
         Client {
             socket,
             peer,
+            port: None,
+            trusted: false,
+            request_id: RequestId::generate(),
+            queued: Duration::ZERO,
             buf: Vec::with_capacity(HEAD_CHUNK),
             req_head: Vec::new(),
             resp_head: Vec::new(),
@@ -188,7 +201,7 @@ impl Client {
         received: Instant,
     ) -> bool {
         let date = self.date.now();
-        http1::own_response(&own, date, &mut self.resp_head);
+        http1::own_response(&own, date, self.request_id.as_bytes(), &mut self.resp_head);
         let bytes = if head.is_some_and(|h| h.method == hyper::Method::HEAD) {
             &self.resp_head[..self.resp_head.len() - own.body.len()]
         } else {
@@ -196,16 +209,44 @@ impl Client {
         };
         let sent = self.socket.write_all(&[bytes]).await.is_ok();
         let method = head.map(|h| h.method.clone()).unwrap_or(hyper::Method::GET);
-        log.log(&Entry {
-            method: &method,
-            path: if head.is_some() { &self.path } else { "-" },
-            status: own.status,
-            content_type: Some(own.content_type),
-            length: own.body.len() as u64,
-            total: received.elapsed(),
-            worker: Duration::ZERO,
-        });
+        let path = if head.is_some() { &self.path } else { "-" };
+        self.log(
+            log,
+            &method,
+            path,
+            own.status,
+            Some(own.content_type),
+            own.body.len() as u64,
+            received,
+            Duration::ZERO,
+        );
         sent
+    }
+
+    /// The access log line of the current request.
+    #[allow(clippy::too_many_arguments)] // the columns of a line
+    pub fn log(
+        &self,
+        log: &AccessLog,
+        method: &hyper::Method,
+        path: &str,
+        status: u16,
+        content_type: Option<&str>,
+        length: u64,
+        received: Instant,
+        worker: Duration,
+    ) {
+        log.log(&Entry {
+            method,
+            path,
+            status,
+            content_type,
+            length,
+            total: received.elapsed(),
+            queued: self.queued,
+            worker,
+            request_id: self.request_id.as_str(),
+        });
     }
 
     /// Sends an answer of the LB's own, closing the connection as well if
@@ -396,6 +437,8 @@ impl Proxy {
             Framing::Length(n) => client.buf.len() as u64 >= n,
             _ => false,
         };
+        let queued = Instant::now();
+        let mut first_lease = true;
         while let Some(deadline) = ex.queue_deadline() {
             let acquired = tokio::select! {
                 acquired = self.balancer.acquire_until(deadline) => acquired,
@@ -420,6 +463,9 @@ impl Proxy {
                         .await;
                 }
             };
+            if std::mem::take(&mut first_lease) {
+                client.queued = queued.elapsed();
+            }
             if ex.leased(lease).is_err() {
                 break;
             }
@@ -541,6 +587,7 @@ impl Proxy {
                 send_timeout: self.send_timeout,
                 buffering: self.response_buffering,
                 websocket: head.websocket,
+                request_id: client.request_id,
             },
         );
         let answer = if ex.phase() == Phase::AwaitingHead {
@@ -649,15 +696,16 @@ impl Proxy {
                     bytes += tunnel(&client.socket, upstream_socket, body_buf, upstream_buf).await;
                 }
                 let _ = ex.tunnel_closed();
-                self.log.log(&Entry {
-                    method: &head.method,
-                    path: &client.path,
-                    status: 101,
-                    content_type: None,
-                    length: bytes,
-                    total: received.elapsed(),
-                    worker: started.elapsed(),
-                });
+                client.log(
+                    &self.log,
+                    &head.method,
+                    &client.path,
+                    101,
+                    None,
+                    bytes,
+                    received,
+                    started.elapsed(),
+                );
                 Attempt::Done(Next::Close)
             }
             Answer::Timeout => {
@@ -717,15 +765,16 @@ impl Proxy {
                     let tail = [&client.resp_head[..]];
                     client_ok &= sent(self.send_timeout, client.socket.write_all(&tail)).await;
                 }
-                self.log.log(&Entry {
-                    method: &head.method,
-                    path: &client.path,
+                client.log(
+                    &self.log,
+                    &head.method,
+                    &client.path,
                     status,
-                    content_type: content_type.as_deref(),
-                    length: bytes,
-                    total: received.elapsed(),
+                    content_type.as_deref(),
+                    bytes,
+                    received,
                     worker,
-                });
+                );
                 let next = if client_ok && !closed && body.is_done() {
                     Next::KeepAlive
                 } else {
@@ -1145,6 +1194,8 @@ struct Shape {
     buffering: bool,
     /// A WebSocket handshake: a `101` opens a tunnel.
     websocket: bool,
+    /// Echoed to the client unless the app sends its own.
+    request_id: RequestId,
 }
 
 /// Reads the worker's response head (by the exchange's read deadline) and
@@ -1168,20 +1219,19 @@ async fn respond(
     buf.clear();
     let (head, relay, close) = loop {
         if shape.websocket {
-            match http1::parse_switch(buf, date.now(), resp_head) {
+            match http1::parse_switch(buf, date.now(), shape.request_id.as_bytes(), resp_head) {
                 Ok(Some(len)) => return Answer::Tunnel(len),
                 Ok(None) => {}
                 Err(why) => return Answer::Lost(why.to_string()),
             }
         }
-        let parsed = http1::parse_response(
-            buf,
-            shape.head_request,
-            shape.http10,
-            shape.close,
-            date.now(),
-            resp_head,
-        );
+        let asked = http1::Asked {
+            head_request: shape.head_request,
+            client_http10: shape.http10,
+            close: shape.close,
+            request_id: shape.request_id.as_bytes(),
+        };
+        let parsed = http1::parse_response(buf, &asked, date.now(), resp_head);
         match parsed {
             Err(why) => return Answer::Lost(why.to_string()),
             Ok((Parsed::Final(head), relay, close)) => break (head, relay, close),

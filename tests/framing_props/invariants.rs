@@ -21,6 +21,9 @@
 
 use rip_server::lb::body::{BodyError, Output, Relayer, RequestBody};
 use rip_server::lb::chunked::{is_tchar, Chunked, Piece};
+use std::net::IpAddr;
+
+use rip_server::lb::forwarded::Hop;
 use rip_server::lb::http1::{
     self, Context, Framing, HeadError, Parsed, Relay, RequestHead, ResponseHead, MAX_FIELDS_IN,
     MAX_HEAD, MAX_HEADERS, MAX_HEAD_IN,
@@ -792,6 +795,16 @@ const CONTROLLED: [&str; 12] = [
     "x-real-ip",
 ];
 
+/// Whether a name with `_`, read with `-` as CGI and WSGI do, names a
+/// field only the LB may set.
+pub fn controlled_when_dashed(name: &str) -> bool {
+    let d = dashed(name);
+    CONTROLLED.contains(&d.as_str())
+        || internal(d.as_bytes(), "x-forwarded-")
+        || internal(d.as_bytes(), "rip-worker-")
+        || is_claim(&d)
+}
+
 /// The request head the LB forwards is unambiguous: one complete message of
 /// exactly `out.len()` bytes, CR LF only, one valid `Host`, the framing
 /// header that matches `head.body` and no other, no hop-by-hop, internal or
@@ -920,23 +933,14 @@ pub fn check_forwarded_request(
             );
             let d = dashed(h.name);
             ensure!(
-                !CONTROLLED.contains(&d.as_str())
-                    && !internal(d.as_bytes(), "x-forwarded-")
-                    && !internal(d.as_bytes(), "rip-worker-"),
+                !controlled_when_dashed(h.name),
                 "{} forwarded, read as {d} by CGI: {}",
                 h.name,
                 shown()
             );
         }
     }
-    let forwarded_for = values(headers, "x-forwarded-for");
-    ensure!(
-        forwarded_for.len() == usize::from(context.client.is_some()),
-        "{} X-Forwarded-For with client {:?}: {}",
-        forwarded_for.len(),
-        context.client,
-        shown()
-    );
+    check_claims(buf, head, context, headers).map_err(|why| format!("{why}: {}", shown()))?;
     // The LB reads its own output as the same request.
     let mut again = Vec::new();
     let plain = Context::default();
@@ -966,6 +970,179 @@ pub fn check_forwarded_request(
                 shown()
             ))
         }
+    }
+    Ok(())
+}
+
+/// The address fields a client may claim, besides `x-forwarded-*`
+/// (`lb::forwarded`'s claims, spelled out again here).
+pub const CLAIMS: [&str; 12] = [
+    "x-real-ip",
+    "x-request-id",
+    "x-request-start",
+    "forwarded",
+    "forwarded-for",
+    "x-forwarded",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-queue-start",
+];
+
+/// Whether `name` says who a client is or how it came.
+pub fn is_claim(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    (name.starts_with("x-forwarded-") && name.len() > 12) || CLAIMS.contains(&name.as_str())
+}
+
+/// The trusted proxies of the contexts [`context`] makes.
+pub fn proxies() -> &'static rip_server::flags::TrustedProxies {
+    static PROXIES: std::sync::OnceLock<rip_server::flags::TrustedProxies> =
+        std::sync::OnceLock::new();
+    PROXIES
+        .get_or_init(|| rip_server::flags::TrustedProxies::parse("10.0.0.0/8,::1").expect("valid"))
+}
+
+/// A context with a request id and a start time, whose peer is trusted
+/// when `trusted` (and it is one of [`proxies`]).
+pub fn context(
+    client: Option<IpAddr>,
+    host: Option<&'static str>,
+    underscores: bool,
+    trusted: bool,
+) -> Context<'static> {
+    Context {
+        hop: Hop {
+            client,
+            trusted: (trusted && client.is_some_and(|ip| proxies().contains(ip))).then(proxies),
+            https: false,
+            port: Some(3000),
+            request_id: b"0123-id",
+            received_us: 1_764_331_200_000_123,
+        },
+        host,
+        underscores,
+    }
+}
+
+/// The forwarding fields (`lb::forwarded`): one of each the LB writes;
+/// from a client that is not a trusted proxy, only the LB's own values
+/// and no other claim; from a trusted one, the chain ends with the peer.
+fn check_claims(
+    buf: &[u8],
+    head: &RequestHead,
+    context: &Context<'_>,
+    headers: &[httparse::Header<'_>],
+) -> Result<(), String> {
+    let hop = &context.hop;
+    let client = hop.client.map(|ip| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    });
+    let one = |name: &str| -> Result<Option<&[u8]>, String> {
+        match values(headers, name)[..] {
+            [] => Ok(None),
+            [v] => Ok(Some(v)),
+            ref many => Err(format!("{} {name} fields", many.len())),
+        }
+    };
+    let host = one("host")?.unwrap_or_default();
+    let written = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-request-id",
+        "x-request-start",
+    ];
+    let got: Vec<Option<&[u8]>> = written.iter().map(|n| one(n)).collect::<Result<_, _>>()?;
+    let [xff, proto, xfh, port, real, id, start] = got[..] else {
+        unreachable!()
+    };
+    let client_text = client.map(|ip| ip.to_string());
+    if hop.trusted.is_none() {
+        for h in headers {
+            ensure!(
+                !is_claim(h.name) || written.iter().any(|n| h.name.eq_ignore_ascii_case(n)),
+                "the client's {} forwarded",
+                h.name
+            );
+        }
+        ensure!(
+            xff == client_text.as_deref().map(str::as_bytes),
+            "X-Forwarded-For {:?} for client {client:?}",
+            xff.map(lit)
+        );
+        ensure!(
+            real == xff,
+            "X-Real-IP {:?}, X-Forwarded-For {:?}",
+            real.map(lit),
+            xff.map(lit)
+        );
+        ensure!(
+            proto == Some(b"http"),
+            "X-Forwarded-Proto {:?}",
+            proto.map(lit)
+        );
+        ensure!(
+            xfh == Some(host),
+            "X-Forwarded-Host {:?}, Host {}",
+            xfh.map(lit),
+            lit(host)
+        );
+        ensure!(
+            port == Some(b"3000") || hop.port.is_none(),
+            "X-Forwarded-Port {:?}",
+            port.map(lit)
+        );
+        ensure!(
+            id == Some(hop.request_id) && head.request_id.is_none(),
+            "X-Request-Id {:?}",
+            id.map(lit)
+        );
+        let t = format!("t={}", hop.received_us);
+        ensure!(
+            start == Some(t.as_bytes()),
+            "X-Request-Start {:?}",
+            start.map(lit)
+        );
+    } else {
+        let xff = xff.ok_or("no X-Forwarded-For from a trusted proxy")?;
+        let peer = client_text.expect("a trusted peer has an address");
+        ensure!(
+            xff == peer.as_bytes() || xff.ends_with(format!(", {peer}").as_bytes()),
+            "X-Forwarded-For {} does not end with the peer {peer}",
+            lit(xff)
+        );
+        ensure!(
+            real.is_some() && proto.is_some() && xfh.is_some() && id.is_some() && start.is_some(),
+            "a forwarding field missing"
+        );
+        // One plain id of the proxy's is kept; else the LB's.
+        let mut input_fields = [httparse::EMPTY_HEADER; 2 * MAX_HEADERS];
+        let mut input = httparse::Request::new(&mut input_fields);
+        let _ = input.parse(&buf[..head.len]);
+        let given = values(input.headers, "x-request-id");
+        let plain = |id: &[u8]| {
+            (1..=128).contains(&id.len())
+                && id
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-_.:+/=@".contains(&b))
+        };
+        let expected = match given[..] {
+            [one] if plain(one) => one,
+            _ => hop.request_id,
+        };
+        ensure!(
+            id == Some(expected)
+                && head.request_id.as_ref().map(|r| &buf[r.clone()])
+                    == (expected != hop.request_id).then_some(expected),
+            "X-Request-Id {:?} for the proxy's {given:?}",
+            id.map(lit)
+        );
     }
     Ok(())
 }
@@ -1036,14 +1213,25 @@ pub struct ResponseContext {
     pub head_request: bool,
     pub client_http10: bool,
     pub close: bool,
+    /// The request had an id (`REQUEST_ID`) to echo.
+    pub request_id: bool,
 }
+
+/// The request id a [`ResponseContext`] echoes.
+pub const REQUEST_ID: &[u8] = b"0123-id";
 
 pub const DATE: &[u8] = b"Sat, 28 Nov 2026 12:00:00 GMT";
 
 type ResponseResult = Result<(Parsed, Relay, bool), &'static str>;
 
 fn parse_response(buf: &[u8], cx: ResponseContext, out: &mut Vec<u8>) -> ResponseResult {
-    http1::parse_response(buf, cx.head_request, cx.client_http10, cx.close, DATE, out)
+    let asked = http1::Asked {
+        head_request: cx.head_request,
+        client_http10: cx.client_http10,
+        close: cx.close,
+        request_id: if cx.request_id { REQUEST_ID } else { b"" },
+    };
+    http1::parse_response(buf, &asked, DATE, out)
 }
 
 /// The response head the client gets is unambiguous: one complete message,
@@ -1090,6 +1278,25 @@ pub fn check_forwarded_response(
     ensure!(
         values(headers, "date") == [DATE],
         "not the LB's one Date: {}",
+        shown()
+    );
+    // The request's id, unless the app sent its own (which goes as it is).
+    let mut app_fields = [httparse::EMPTY_HEADER; 2 * MAX_HEADERS];
+    let mut app = httparse::Response::new(&mut app_fields);
+    let _ = app.parse(&buf[..head.len]);
+    let app_ids = values(app.headers, "x-request-id");
+    let ids = values(headers, "x-request-id");
+    ensure!(
+        if app_ids.is_empty() {
+            ids == if cx.request_id {
+                vec![REQUEST_ID]
+            } else {
+                vec![]
+            }
+        } else {
+            ids == app_ids
+        },
+        "X-Request-Id {ids:?} (the app's {app_ids:?}): {}",
         shown()
     );
     let no_body = cx.head_request || head.status == 204 || head.status == 304;
@@ -1183,8 +1390,7 @@ pub fn check_forwarded_response(
     // The LB reads its own output with the same framing.
     let again_cx = ResponseContext {
         head_request: cx.head_request,
-        client_http10: false,
-        close: false,
+        ..ResponseContext::default()
     };
     let mut again = Vec::new();
     let expect_body = match relay {
@@ -1276,7 +1482,7 @@ pub fn check_response(buf: &[u8], cx: ResponseContext, prefixes: &[usize]) -> Ch
 /// `Upgrade: websocket`, and no framing, hop-by-hop or internal field.
 pub fn check_switch(buf: &[u8], prefixes: &[usize]) -> Check {
     let mut out = Vec::new();
-    let whole = http1::parse_switch(buf, DATE, &mut out);
+    let whole = http1::parse_switch(buf, DATE, REQUEST_ID, &mut out);
     let whole_len = match whole {
         Ok(Some(n)) => Some(n),
         _ => None,
@@ -1286,7 +1492,7 @@ pub fn check_switch(buf: &[u8], prefixes: &[usize]) -> Check {
             continue;
         }
         let mut part_out = Vec::new();
-        let part = http1::parse_switch(&buf[..p], DATE, &mut part_out);
+        let part = http1::parse_switch(&buf[..p], DATE, REQUEST_ID, &mut part_out);
         let ok = match (&whole, &part) {
             (_, Ok(None)) => whole_len.is_none_or(|n| p < n),
             (Ok(Some(n)), Ok(Some(m))) => n == m && out == part_out,

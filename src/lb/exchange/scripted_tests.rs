@@ -120,7 +120,7 @@ impl Rig {
                     .await
                     .unwrap();
                 let context = Context {
-                    client: None,
+                    hop: Default::default(),
                     host: Some("lb:80"),
                     underscores: false,
                 };
