@@ -70,6 +70,10 @@ pub struct Config {
     pub underscore_headers: bool,
     /// Peers whose forwarding fields the LB keeps.
     pub trusted_proxies: TrustedProxies,
+    /// `--watch` globs: the only changes that reload.
+    pub watch: Vec<String>,
+    /// `--ignore` globs: changes that never reload.
+    pub ignore: Vec<String>,
     /// Where the LB answers its JSON status itself (None: the app does).
     pub status_path: Option<String>,
     /// Where the LB answers `ok` itself (None: the app does).
@@ -221,6 +225,8 @@ impl Config {
             idle_timeout: Duration::from_millis(options.idle_timeout_ms),
             underscore_headers: options.allow_underscore_headers,
             trusted_proxies: options.trusted_proxies.clone(),
+            watch: options.watch.clone(),
+            ignore: options.ignore.clone(),
             status_path: options.status_path.clone(),
             health_path: options.health_path.clone(),
             lb_threads: options.lb_threads,
@@ -279,6 +285,8 @@ impl Config {
         args.push(format!("--status-path={}", route(&self.status_path)));
         args.push(format!("--health-path={}", route(&self.health_path)));
         args.push(format!("--trusted-proxies={}", self.trusted_proxies));
+        args.extend(self.watch.iter().map(|g| format!("--watch={g}")));
+        args.extend(self.ignore.iter().map(|g| format!("--ignore={g}")));
         if self.underscore_headers {
             args.push("--allow-underscore-headers".into());
         }

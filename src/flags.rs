@@ -144,6 +144,18 @@ impl std::fmt::Display for TrustedProxies {
     }
 }
 
+/// A `--watch` / `--ignore` glob: a line of a `.gitignore`.
+pub fn parse_glob(text: &str) -> Result<String, String> {
+    let mut builder = ignore::gitignore::GitignoreBuilder::new("/");
+    builder
+        .add_line(None, text)
+        .map_err(|e| format!("'{text}' is not a glob: {e}"))?;
+    builder
+        .build()
+        .map_err(|e| format!("'{text}' is not a glob: {e}"))?;
+    Ok(text.to_string())
+}
+
 /// `on` or `off`.
 pub fn parse_on_off(text: &str) -> Result<bool, String> {
     match text {
@@ -176,6 +188,14 @@ pub struct Options {
     /// Reload mode [default: module when NODE_ENV/RIP_ENV is unset or development/dev, else none]
     #[arg(long, env = "RIP_HOT_RELOAD", value_name = "MODE", value_enum)]
     pub hot_reload: Option<HotReload>,
+
+    /// Reload only on changes to files matching this glob (.gitignore syntax, relative to the app's directory; repeatable; reaches into ignored directories)
+    #[arg(long = "watch", env = "RIP_WATCH", value_name = "GLOB", value_delimiter = ',', value_parser = parse_glob)]
+    pub watch: Vec<String>,
+
+    /// Never reload on changes to files matching this glob (.gitignore syntax; repeatable), besides the app's .gitignore, .ignore and the built-in rules
+    #[arg(long = "ignore", env = "RIP_IGNORE", value_name = "GLOB", value_delimiter = ',', value_parser = parse_glob)]
+    pub ignore: Vec<String>,
 
     /// Capacity of the load balancer's queue
     #[arg(long, env = "RIP_MAX_QUEUE", value_name = "N", default_value_t = 8192)]

@@ -38,6 +38,21 @@ fn bad_tokens_and_flags_exit_2_with_one_line() {
     refused(&["builtin:hello", "w:abc"], &[], "w:abc");
     refused(&["builtin:hello", "--status-path=status"], &[], "'status'");
     refused(&["builtin:hello", "--health-path=/x?y"], &[], "'/x?y'");
+    refused(
+        &["builtin:hello", "--ignore=a{b"],
+        &[],
+        "'a{b' is not a glob",
+    );
+    refused(
+        &["builtin:hello"],
+        &[("RIP_WATCH", "ok.js,[z-a]")],
+        "'[z-a]' is not a glob",
+    );
+    refused(
+        &["builtin:hello", "--trusted-proxies=10.0.0.0/33"],
+        &[],
+        "'10.0.0.0/33' is not an address",
+    );
     refused(&["builtin:hello", "w:0"], &[], "w:0");
     refused(&["builtin:hello", "http:65536"], &[], "http:65536");
     refused(&["builtin:hello", "http:abc"], &[], "http:abc");

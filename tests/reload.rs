@@ -357,3 +357,48 @@ fn what_the_app_and_the_server_write_into_the_app_dir_reloads_nothing() {
         "the requests were served:\n{text}"
     );
 }
+
+/// Issue 13: files the app's `.gitignore` names, or `--ignore` globs, never
+/// reload it (an app writing a file per request into its own directory);
+/// its code still does.
+#[test]
+fn gitignored_and_ignored_files_reload_nothing_but_code_does() {
+    runtime("node");
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(app.path().join(".gitignore"), "uploads/\n").unwrap();
+    std::fs::write(app.path().join("lib.txt"), "one").unwrap();
+    write_app(
+        app.path(),
+        "index.mjs",
+        "import fs from 'node:fs';\nlet n = 0;\nexport default { fetch(req) {\n  fs.mkdirSync('uploads', { recursive: true });\n  fs.writeFileSync(`uploads/${n++}.txt`, req.url);\n  fs.writeFileSync('cache.json', String(n));\n  return new Response('ok');\n} };\n",
+        false,
+    );
+    let dir = app.path().to_str().unwrap();
+    let server = Server::start(&[
+        dir,
+        "w:1",
+        "--runtime=node",
+        "--hot-reload=process",
+        "--ignore=cache.json",
+    ]);
+    server.wait_workers(1);
+    for i in 0..30 {
+        assert_eq!(server.get(&format!("/u{i}")).status, 200);
+    }
+    assert!(app.path().join("uploads/29.txt").is_file());
+    // Past the debounce, with every write seen by the watcher.
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !server.stderr.text().contains("rolling restart"),
+        "{}",
+        server.output()
+    );
+    // The control: a change to the app reloads it.
+    std::fs::write(app.path().join("lib.txt"), "two").unwrap();
+    server.wait_output("rolling restart");
+    assert!(
+        server.stderr.text().contains("lib.txt"),
+        "{}",
+        server.output()
+    );
+}

@@ -261,8 +261,9 @@ impl Supervisor {
             .collect();
         let mut skip: Vec<&std::path::Path> = vec![self.config.paths.dir()];
         skip.extend(own_output.iter().map(PathBuf::as_path));
-        let filter = watch::Filter::new(&self.config.app.dir, &skip);
-        match watch::start(filter) {
+        let filter = watch::Filter::new(&self.config.app.dir, &skip)
+            .with_globs(&self.config.watch, &self.config.ignore);
+        match filter.and_then(watch::start) {
             Ok(watching) => Some(watching),
             Err(e) => {
                 warn!("{e}; hot reload is off (SIGHUP still restarts the workers)");

@@ -4,7 +4,11 @@
 //! Each directory gets its own (non-recursive) inotify watch, so that
 //! ignored trees — `node_modules`, dot directories such as `.git`, the
 //! socket dir — cost no watches at all; directories created later are
-//! watched as they appear. Editor temp and swap files are ignored too.
+//! watched as they appear. Editor temp and swap files are ignored too, and
+//! so is what the app's `.gitignore` and `.ignore` files name (read at
+//! start, with git's rules, by the `ignore` crate) and `--ignore` globs;
+//! `--watch` globs narrow the watch to what they match, reaching into
+//! ignored trees too.
 //! Raw events go through a bounded channel to an async task that collects
 //! everything arriving within [`DEBOUNCE`] of the first event into one batch.
 
@@ -13,6 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use notify::event::{EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -31,27 +36,129 @@ const RAW_CAPACITY: usize = 4096;
 pub struct Filter {
     root: PathBuf,
     skip: Vec<PathBuf>,
+    /// The app's `.gitignore` and `.ignore` files, deepest last.
+    vcs: Vec<Gitignore>,
+    /// `--ignore`: never a change.
+    ignore: Gitignore,
+    /// `--watch`: the only changes, and the directories on the way to them.
+    watch: Option<(Gitignore, Vec<PathBuf>)>,
+}
+
+/// `--watch` and `--ignore` globs (git's syntax, relative to the app's
+/// directory), or why one is not a glob.
+pub fn globs(root: &Path, globs: &[String]) -> Result<Gitignore, String> {
+    let mut builder = GitignoreBuilder::new(root);
+    for glob in globs {
+        builder
+            .add_line(None, glob)
+            .map_err(|e| format!("'{glob}' is not a glob: {e}"))?;
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 impl Filter {
     /// Watches `root`, skipping the trees in `skip` that lie inside it (the
     /// socket dir, when it is in the app's directory).
     pub fn new(root: &Path, skip: &[&Path]) -> Filter {
-        Filter {
+        let mut filter = Filter {
             root: root.to_path_buf(),
             skip: skip
                 .iter()
                 .filter(|p| p.starts_with(root) && **p != root)
                 .map(|p| p.to_path_buf())
                 .collect(),
+            vcs: Vec::new(),
+            ignore: Gitignore::empty(),
+            watch: None,
+        };
+        filter.vcs = filter.ignore_files(root);
+        filter
+    }
+
+    /// With `--watch` and `--ignore` globs (checked by [`globs`] before).
+    pub fn with_globs(mut self, watch: &[String], ignore: &[String]) -> Result<Filter, String> {
+        self.ignore = globs(&self.root, ignore)?;
+        if !watch.is_empty() {
+            // Where each glob's literal part leads: those directories are
+            // walked even if ignored (`dist/**` reaches into `dist`).
+            let leads = watch
+                .iter()
+                .map(|g| {
+                    let g = g.trim_start_matches('/');
+                    let literal = &g[..g.find(['*', '?', '[', '{']).unwrap_or(g.len())];
+                    self.root.join(&literal[..literal.rfind('/').unwrap_or(0)])
+                })
+                .collect();
+            self.watch = Some((globs(&self.root, watch)?, leads));
         }
+        Ok(self)
+    }
+
+    /// The `.gitignore` and `.ignore` files at and below `dir`, in
+    /// directories the defaults do not ignore.
+    fn ignore_files(&self, dir: &Path) -> Vec<Gitignore> {
+        let mut found = Vec::new();
+        for name in [".gitignore", ".ignore"] {
+            let file = dir.join(name);
+            if file.is_file() {
+                let (matcher, error) = Gitignore::new(&file);
+                if let Some(e) = error {
+                    warn!("{}: {e}", file.display());
+                }
+                found.push(matcher);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) && !self.by_default(&path) {
+                    found.extend(self.ignore_files(&path));
+                }
+            }
+        }
+        found
     }
 
     /// Whether a change at `path` is not a change to the app.
     pub fn ignored(&self, path: &Path) -> bool {
-        if self.skip.iter().any(|s| path.starts_with(s)) {
+        if self.skip.iter().any(|s| path.starts_with(s)) || !path.starts_with(&self.root) {
             return true;
         }
+        let dir = path.is_dir();
+        if self
+            .ignore
+            .matched_path_or_any_parents(path, dir)
+            .is_ignore()
+        {
+            return true;
+        }
+        let by_rules = || {
+            self.by_default(path)
+                || self
+                    .vcs
+                    .iter()
+                    .rev()
+                    .filter(|g| path.starts_with(g.path()))
+                    .map(|g| g.matched_path_or_any_parents(path, dir))
+                    .find(|m| !m.is_none())
+                    .is_some_and(|m| m.is_ignore())
+        };
+        match &self.watch {
+            None => by_rules(),
+            Some((watch, leads)) => {
+                let watched = watch.matched_path_or_any_parents(path, dir).is_ignore();
+                let on_the_way = dir
+                    && leads
+                        .iter()
+                        .any(|l| l.starts_with(path) || (path.starts_with(l) && l != &self.root));
+                !(watched || on_the_way || (dir && !by_rules()))
+            }
+        }
+    }
+
+    /// The built-in rules: dot names, output directories, editor and
+    /// output files.
+    fn by_default(&self, path: &Path) -> bool {
         let Ok(relative) = path.strip_prefix(&self.root) else {
             return true;
         };
@@ -287,6 +394,67 @@ mod tests {
         ] {
             assert!(filter.ignored(Path::new(ignored)), "{ignored}");
         }
+    }
+
+    /// Issue 13: the app's `.gitignore` and `.ignore` (nested ones too, `!`
+    /// included), `--ignore`, and `--watch` reaching into ignored trees.
+    #[test]
+    fn gitignore_ignore_files_and_globs_are_honoured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("canonical");
+        for d in ["dist", "lib/gen", "uploads", "node_modules/x"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::write(root.join(".gitignore"), "dist/\n*.csv\n/uploads\n").expect("write");
+        std::fs::write(root.join(".ignore"), "notes.md\n").expect("write");
+        std::fs::write(root.join("lib/.gitignore"), "gen/\n!keep.csv\n").expect("write");
+        // A .gitignore in an ignored tree is not read.
+        std::fs::write(root.join("node_modules/x/.gitignore"), "*.js\n").expect("write");
+        let at = |p: &str| root.join(p);
+        let filter = Filter::new(&root, &[]);
+        for kept in [
+            "index.js",
+            "lib/db.js",
+            "lib/keep.csv",
+            "README.md",
+            "lib/notes.txt",
+        ] {
+            assert!(!filter.ignored(&at(kept)), "{kept}");
+        }
+        for ignored in [
+            "dist/app.js",
+            "dist",
+            "data.csv",
+            "lib/data.csv",
+            "uploads/a.png",
+            "notes.md",
+            "lib/gen/x.js",
+            "node_modules/x/index.js",
+        ] {
+            assert!(filter.ignored(&at(ignored)), "{ignored}");
+        }
+        let filter = Filter::new(&root, &[])
+            .with_globs(&[], &["*.md".into(), "lib/".into()])
+            .expect("globs");
+        assert!(filter.ignored(&at("README.md")) && filter.ignored(&at("lib/db.js")));
+        assert!(!filter.ignored(&at("index.js")));
+        // --watch: only what matches, even in an ignored tree; --ignore wins.
+        let filter = Filter::new(&root, &[])
+            .with_globs(&["dist/**".into(), "*.ts".into()], &["dist/skip.js".into()])
+            .expect("globs");
+        for kept in ["dist", "dist/app.js", "lib/a.ts", "index.ts", "lib"] {
+            assert!(!filter.ignored(&at(kept)), "{kept}");
+        }
+        for ignored in [
+            "index.js",
+            "lib/db.js",
+            "dist/skip.js",
+            "node_modules/x",
+            "uploads",
+        ] {
+            assert!(filter.ignored(&at(ignored)), "{ignored}");
+        }
+        assert!(globs(&root, &["a{b".into()]).is_err());
     }
 
     #[tokio::test]
