@@ -79,6 +79,9 @@ enum Role {
         /// The locked pid file (see `paths::PidFile`).
         #[arg(long)]
         pid_fd: RawFd,
+        /// The `--status-bind` listener.
+        #[arg(long)]
+        status_fd: Option<RawFd>,
         #[command(flatten)]
         app: ResolvedApp,
         #[command(flatten)]
@@ -91,6 +94,9 @@ enum Role {
         listen_fd: RawFd,
         #[arg(long)]
         link_fd: RawFd,
+        /// The `--status-bind` listener.
+        #[arg(long)]
+        status_fd: Option<RawFd>,
         #[command(flatten)]
         app: ResolvedApp,
         #[command(flatten)]
@@ -133,11 +139,13 @@ pub enum Invocation {
         config: Config,
         listen_fd: RawFd,
         pid_fd: RawFd,
+        status_fd: Option<RawFd>,
     },
     Lb {
         config: Config,
         listen_fd: RawFd,
         link_fd: RawFd,
+        status_fd: Option<RawFd>,
     },
     Worker {
         config: Config,
@@ -169,6 +177,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
             Role::Manager {
                 listen_fd,
                 pid_fd,
+                status_fd,
                 app,
                 options,
                 args,
@@ -176,10 +185,12 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
                 config: role_config(&app, &options, &args)?,
                 listen_fd,
                 pid_fd,
+                status_fd,
             },
             Role::Lb {
                 listen_fd,
                 link_fd,
+                status_fd,
                 app,
                 options,
                 args,
@@ -187,6 +198,7 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
                 config: role_config(&app, &options, &args)?,
                 listen_fd,
                 link_fd,
+                status_fd,
             },
             Role::Worker {
                 id,

@@ -76,6 +76,9 @@ pub struct Config {
     pub ignore: Vec<String>,
     /// Where the LB answers its JSON status itself (None: the app does).
     pub status_path: Option<String>,
+    /// Where the LB answers its status, if not on the public port (the
+    /// real port once the front has bound it).
+    pub status_bind: Option<std::net::SocketAddr>,
     /// Where the LB answers `ok` itself (None: the app does).
     pub health_path: Option<String>,
     /// Threads of the LB's runtime; 1 = a current-thread runtime.
@@ -229,6 +232,7 @@ impl Config {
             ignore: options.ignore.clone(),
             status_path: options.status_path.clone(),
             health_path: options.health_path.clone(),
+            status_bind: options.status_bind,
             lb_threads: options.lb_threads,
             variant: options.variant.clone(),
             paths,
@@ -285,6 +289,9 @@ impl Config {
         args.push(format!("--status-path={}", route(&self.status_path)));
         args.push(format!("--health-path={}", route(&self.health_path)));
         args.push(format!("--trusted-proxies={}", self.trusted_proxies));
+        if let Some(addr) = self.status_bind {
+            args.push(format!("--status-bind={addr}"));
+        }
         args.extend(self.watch.iter().map(|g| format!("--watch={g}")));
         args.extend(self.ignore.iter().map(|g| format!("--ignore={g}")));
         if self.underscore_headers {

@@ -156,6 +156,13 @@ pub fn parse_glob(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// `--status-bind`: an address and a port.
+pub fn parse_status_bind(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("'{text}': expected an address and a port, such as 127.0.0.1:9000 or [::1]:9000")
+    })
+}
+
 /// `on` or `off`.
 pub fn parse_on_off(text: &str) -> Result<bool, String> {
     match text {
@@ -338,6 +345,10 @@ pub struct Options {
     /// The path the load balancer answers with its JSON status itself, or 'none' to leave it to the app
     #[arg(long, env = "RIP_STATUS_PATH", value_name = "PATH|none", default_value = "/status", value_parser = parse_route)]
     pub status_path: Route,
+
+    /// Answer the status route on this address only (e.g. 127.0.0.1:9000), not on the public port, where the app then gets it
+    #[arg(long, env = "RIP_STATUS_BIND", value_name = "ADDR:PORT", value_parser = parse_status_bind)]
+    pub status_bind: Option<std::net::SocketAddr>,
 
     /// The path the load balancer answers 'ok' on itself (a health check), or 'none' to leave it to the app
     #[arg(long, env = "RIP_HEALTH_PATH", value_name = "PATH|none", default_value = "/server", value_parser = parse_route)]

@@ -42,20 +42,28 @@ fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure>
     clear_leftovers(&config.paths)?;
     let listener = bind_public(config.bind, config.port)?;
     config.port = local_port(&listener)?;
-    // The manager inherits the listener across exec.
-    nix::fcntl::fcntl(
-        listener.as_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .map_err(|e| Failure::fatal(format!("cannot pass the listener on: {e}")))?;
+    // The manager inherits the listeners across exec.
+    pass_on(&listener)?;
+    let status = match config.status_bind {
+        Some(addr) => {
+            let status = bind_public(addr.ip(), addr.port())?;
+            config.status_bind = Some(SocketAddr::new(addr.ip(), local_port(&status)?));
+            pass_on(&status)?;
+            Some(status)
+        }
+        None => None,
+    };
     let pid_fd = pid_file
         .pass_on()
         .map_err(|e| Failure::fatal(format!("cannot pass the pid file on: {e}")))?;
-    let role = [
+    let mut role = vec![
         "manager".to_string(),
         format!("--listen-fd={}", listener.as_raw_fd()),
         format!("--pid-fd={pid_fd}"),
     ];
+    if let Some(status) = &status {
+        role.push(format!("--status-fd={}", status.as_raw_fd()));
+    }
     // exec replaces the process: what it logged goes out first.
     crate::output::flush(std::time::Duration::from_millis(500));
     let err = std::process::Command::new("/proc/self/exe")
@@ -63,6 +71,16 @@ fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure>
         .args(cli::role_args(&role, &config))
         .exec();
     Err(Failure::fatal(format!("cannot start the manager: {err}")))
+}
+
+/// Lets a listener survive the exec into the manager.
+fn pass_on(listener: &OwnedFd) -> Result<(), Failure> {
+    nix::fcntl::fcntl(
+        listener.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map(drop)
+    .map_err(|e| Failure::fatal(format!("cannot pass the listener on: {e}")))
 }
 
 /// Creates the socket dir (mode 0700) if it is missing.

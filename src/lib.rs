@@ -77,12 +77,14 @@ fn run_role(argv: Vec<OsString>) -> ExitCode {
             config,
             listen_fd,
             pid_fd,
-        } => manager::run(config, listen_fd, pid_fd),
+            status_fd,
+        } => manager::run(config, listen_fd, pid_fd, status_fd),
         cli::Invocation::Lb {
             config,
             listen_fd,
             link_fd,
-        } => lb::run(config, listen_fd, link_fd),
+            status_fd,
+        } => lb::run(config, listen_fd, link_fd, status_fd),
         cli::Invocation::Worker {
             config,
             id,

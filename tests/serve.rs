@@ -119,6 +119,69 @@ fn the_lbs_own_routes_can_move_or_go_to_the_app() {
     );
 }
 
+/// Issue 13: `--status-bind` puts the status on a listener of its own (here
+/// loopback), answering nothing else; on the public port the app gets the
+/// path. It survives an LB restart, and a taken address is exit 2.
+#[test]
+fn the_status_can_be_bound_apart_from_the_public_port() {
+    let mut server = Server::start(&["builtin:hello", "w:1", "--status-bind=127.0.0.1:0"]);
+    let line = server.stdout.text();
+    let status_port: u16 = line
+        .split("; status on http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/status\n").or(rest.split('/').next()))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no status address in {line:?}"));
+    assert_ne!(status_port, server.port);
+    let status = |path: &str| try_request(status_port, "GET", path, &[], b"");
+    eventually("the status on its listener", || {
+        let json: serde_json::Value = serde_json::from_slice(&status("/status").ok()?.body).ok()?;
+        (json["workers"] == 1).then_some(())
+    });
+    assert_eq!(status("/server").unwrap().text(), "ok");
+    let other = status("/ping").unwrap();
+    assert_eq!((other.status, other.text().as_str()), (404, "Not Found"));
+    // The public port: the status is the app's (the built-in's 404), the
+    // health check and the app as ever.
+    assert_eq!(server.get("/status").text(), "not found\n");
+    assert_eq!(server.get("/server").text(), "ok");
+    assert_eq!(server.get("/ping").text(), "pong");
+    // The LB restarts with the same listener.
+    let lb = server.lb_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lb as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the status after an LB restart", || {
+        let restarted = server
+            .children()
+            .iter()
+            .any(|(pid, argv)| *pid != lb && argv.get(1).map(String::as_str) == Some("lb"));
+        (restarted && status("/server").ok()?.text() == "ok").then_some(())
+    });
+    assert!(server.stop().success());
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = socket_dir();
+    let out = run(
+        &[
+            "builtin:hello",
+            "http:0",
+            &format!("--status-bind=127.0.0.1:{port}"),
+            &format!("--socket-dir={}", dir.path().display()),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {port} is already in use")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn hop_by_hop_and_internal_headers_stop_at_the_lb() {
     let server = Server::start(&[&probe(), "w:1"]);

@@ -30,12 +30,22 @@ pub struct Timeouts {
     pub header: Duration,
 }
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The public port: the app's, but for the LB's own routes.
+    Public,
+    /// `--status-bind`: the LB's own routes only.
+    Status,
+}
+
 pub(super) async fn serve(
     lb: Arc<Lb>,
     socket: Socket,
     peer: SocketAddr,
     local: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    on: Listener,
 ) {
     let mut client = Client::new(
         socket,
@@ -69,7 +79,7 @@ pub(super) async fn serve(
             client.path.clear();
             client.path.push_str(head.path(&client.buf));
         }
-        let route = lb.route(&head, &client.buf);
+        let route = lb.route(&head, &client.buf, on);
         client.buf.drain(..head.len);
         let closing = *stop.borrow();
         let next = match route {
@@ -185,15 +195,26 @@ fn micros_since_epoch() -> u64 {
 
 /// An answer the LB owns, by route.
 pub struct OwnRoute {
+    pub status: u16,
+    pub reason: &'static str,
     pub content_type: &'static str,
     pub body: Vec<u8>,
 }
 
 impl OwnRoute {
-    fn as_own(&self) -> Own<'_> {
-        Own {
+    pub fn ok(content_type: &'static str, body: Vec<u8>) -> OwnRoute {
+        OwnRoute {
             status: 200,
             reason: "OK",
+            content_type,
+            body,
+        }
+    }
+
+    fn as_own(&self) -> Own<'_> {
+        Own {
+            status: self.status,
+            reason: self.reason,
             content_type: self.content_type,
             body: &self.body,
             close: false,

@@ -55,7 +55,16 @@ use client::OwnRoute;
 use http1::RequestHead;
 use proxy::Proxy;
 
-pub fn run(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failure> {
+/// Where `--status-bind`'s listener answers the status when
+/// `--status-path` gives none.
+pub const DEFAULT_STATUS_PATH: &str = "/status";
+
+pub fn run(
+    config: Config,
+    listen_fd: RawFd,
+    link_fd: RawFd,
+    status_fd: Option<RawFd>,
+) -> Result<(), Failure> {
     let descriptors = raise_open_files_limit();
     // One thread by default: on 2 cores shared with the apps (and a load
     // generator), a second runtime thread costs more in cross-thread
@@ -74,7 +83,7 @@ pub fn run(config: Config, listen_fd: RawFd, link_fd: RawFd) -> Result<(), Failu
     // Past this many clients the LB stops accepting (the rest wait in the
     // kernel's backlog) rather than run out of descriptors it needs itself.
     let max_clients = descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(16) as usize;
-    runtime.block_on(serve(config, listen_fd, link_fd, max_clients))
+    runtime.block_on(serve(config, listen_fd, link_fd, status_fd, max_clients))
 }
 
 /// Thousands of client connections need thousands of descriptors: take the
@@ -106,6 +115,9 @@ struct Lb {
     /// Where the LB answers its status and `ok` itself (None: the app).
     status_path: Option<String>,
     health_path: Option<String>,
+    /// The status is answered on its own listener (`--status-bind`), not
+    /// on the public one.
+    status_apart: bool,
     app: String,
     port: u16,
     workers: usize,
@@ -116,12 +128,17 @@ async fn serve(
     config: Config,
     listen_fd: RawFd,
     link_fd: RawFd,
+    status_fd: Option<RawFd>,
     max_clients: usize,
 ) -> Result<(), Failure> {
-    // SAFETY: the manager passed these descriptors to this process alone.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(listen_fd) };
-    let listener = io::Listener::new(listener)
-        .map_err(|e| Failure::fatal(format!("bad listener fd {listen_fd}: {e}")))?;
+    let listen = |fd: RawFd| {
+        // SAFETY: the manager passed these descriptors to this process alone.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        io::Listener::new(listener)
+            .map_err(|e| Failure::fatal(format!("bad listener fd {fd}: {e}")))
+    };
+    let listener = listen(listen_fd)?;
+    let status_listener = status_fd.map(listen).transpose()?;
     // SAFETY: as above.
     let (mut from_manager, mut to_manager) = unsafe { link::from_raw_fd(link_fd) }
         .map_err(|e| Failure::fatal(format!("bad link fd {link_fd}: {e}")))?;
@@ -181,6 +198,7 @@ async fn serve(
         trusted_proxies: config.trusted_proxies.clone(),
         status_path: config.status_path.clone(),
         health_path: config.health_path.clone(),
+        status_apart: config.status_bind.is_some(),
         app: config.app.name.clone(),
         port: config.port,
         workers: config.workers,
@@ -232,6 +250,9 @@ async fn serve(
     let memory = memory::Connections::default();
     tokio::spawn(memory.clone().trim_after_bursts());
     tokio::spawn(balancer.clone().wake_spent());
+    if let Some(status_listener) = status_listener {
+        tokio::spawn(serve_status(status_listener, lb.clone(), stop.clone()));
+    }
     loop {
         tokio::select! {
             accepted = async {
@@ -250,7 +271,7 @@ async fn serve(
                 let open = memory.open();
                 let (lb, stop) = (lb.clone(), stop.clone());
                 tokio::spawn(async move {
-                    client::serve(lb, stream, peer, local, stop).await;
+                    client::serve(lb, stream, peer, local, stop, client::Listener::Public).await;
                     drop(open);
                 });
             }
@@ -274,6 +295,43 @@ async fn serve(
     Ok(())
 }
 
+/// The `--status-bind` listener: the LB's own routes and nothing else, a
+/// few connections at a time, until the LB stops.
+async fn serve_status(
+    listener: io::Listener,
+    lb: Arc<Lb>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let open = Arc::new(tokio::sync::Semaphore::new(STATUS_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => permit,
+            _ = stop.changed() => return,
+        };
+        let Ok(permit) = permit else { return };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer, local)) => {
+                let (lb, stop) = (lb.clone(), stop.clone());
+                tokio::spawn(async move {
+                    client::serve(lb, stream, peer, local, stop, client::Listener::Status).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                warn!("accept on the status listener: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Connections the status listener serves at once.
+const STATUS_CONNECTIONS: usize = 16;
+
 fn bind_control(path: &std::path::Path) -> Result<UnixListener, Failure> {
     remove_ours(path, Owned::Socket).map_err(Failure::Fatal)?;
     let listener = UnixListener::bind(path).map_err(|e| {
@@ -294,21 +352,30 @@ fn bind_control(path: &std::path::Path) -> Result<UnixListener, Failure> {
 impl Lb {
     /// The LB's own routes: `GET` (and `HEAD`) of `--health-path`
     /// (`/server`) and `--status-path` (`/status`), either of which may be
-    /// `none` (left to the app).
-    fn route(&self, head: &RequestHead, buf: &[u8]) -> Option<OwnRoute> {
-        if !matches!(head.method, Method::GET | Method::HEAD) {
-            return None;
-        }
+    /// `none` (left to the app). With `--status-bind` the status is only on
+    /// its own listener (at `/status` if the path is `none`), which answers
+    /// nothing else (`404`).
+    fn route(&self, head: &RequestHead, buf: &[u8], on: client::Listener) -> Option<OwnRoute> {
         let path = head.path(buf);
-        let is = |route: &Option<String>| route.as_deref() == Some(path);
+        let is = |route: Option<&str>| route == Some(path);
+        let status_path = match on {
+            client::Listener::Public if self.status_apart => None,
+            client::Listener::Public => self.status_path.as_deref(),
+            client::Listener::Status => {
+                Some(self.status_path.as_deref().unwrap_or(DEFAULT_STATUS_PATH))
+            }
+        };
+        let get = matches!(head.method, Method::GET | Method::HEAD);
         match () {
-            _ if is(&self.health_path) => Some(OwnRoute {
+            _ if get && is(self.health_path.as_deref()) => {
+                Some(OwnRoute::ok("text/plain", b"ok".to_vec()))
+            }
+            _ if get && is(status_path) => Some(OwnRoute::ok("application/json", self.status())),
+            _ if on == client::Listener::Status => Some(OwnRoute {
+                status: 404,
+                reason: "Not Found",
                 content_type: "text/plain",
-                body: b"ok".to_vec(),
-            }),
-            _ if is(&self.status_path) => Some(OwnRoute {
-                content_type: "application/json",
-                body: self.status(),
+                body: b"Not Found".to_vec(),
             }),
             _ => None,
         }

@@ -21,7 +21,12 @@ use crate::{spawn, Failure};
 
 pub use supervisor::Backoff;
 
-pub fn run(config: Config, listen_fd: RawFd, pid_fd: RawFd) -> Result<(), Failure> {
+pub fn run(
+    config: Config,
+    listen_fd: RawFd,
+    pid_fd: RawFd,
+    status_fd: Option<RawFd>,
+) -> Result<(), Failure> {
     // SAFETY: the front passed the locked pid file across exec as `pid_fd`.
     let pid_file = unsafe { PidFile::inherit(pid_fd, &config.paths.pid()) }
         .map_err(|e| Failure::fatal(format!("bad pid file fd {pid_fd}: {e}")))?;
@@ -31,12 +36,18 @@ pub fn run(config: Config, listen_fd: RawFd, pid_fd: RawFd) -> Result<(), Failur
     // Keep it for LB restarts, but out of the workers and apps.
     spawn::set_cloexec(listener.as_fd())
         .map_err(|e| Failure::fatal(format!("bad listener fd {listen_fd}: {e}")))?;
+    // SAFETY: as above, for the `--status-bind` listener.
+    let status = status_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    if let (Some(status), Some(fd)) = (&status, status_fd) {
+        spawn::set_cloexec(status.as_fd())
+            .map_err(|e| Failure::fatal(format!("bad listener fd {fd}: {e}")))?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        supervisor::Supervisor::start(config, listener, pid_file)?
+        supervisor::Supervisor::start(config, listener, status, pid_file)?
             .run()
             .await
     })

@@ -18,7 +18,7 @@ use crate::config::{Config, HotReload};
 use crate::control::WorkerId;
 use crate::link::{self, LinkMsg};
 use crate::paths::{answers, remove_ours, Owned, PidFile};
-use crate::{cli, front, spawn, Failure};
+use crate::{cli, front, lb, spawn, Failure};
 
 use super::watch;
 
@@ -152,6 +152,8 @@ enum Event {
 pub struct Supervisor {
     config: Config,
     listener: OwnedFd,
+    /// The `--status-bind` listener, kept for LB restarts too.
+    status_listener: Option<OwnedFd>,
     /// Held (locked) until the manager exits: a server runs here.
     pid_file: PidFile,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -184,6 +186,7 @@ impl Supervisor {
     pub fn start(
         config: Config,
         listener: OwnedFd,
+        status_listener: Option<OwnedFd>,
         pid_file: PidFile,
     ) -> Result<Supervisor, Failure> {
         let paths = &config.paths;
@@ -197,6 +200,7 @@ impl Supervisor {
         let mut supervisor = Supervisor {
             config,
             listener,
+            status_listener,
             pid_file,
             events_tx,
             events,
@@ -234,8 +238,15 @@ impl Supervisor {
             ip => ip.to_string(),
         };
         let plural = if c.workers == 1 { "" } else { "s" };
+        let status = match (c.status_bind, &c.status_path) {
+            (Some(addr), path) => format!(
+                "; status on http://{addr}{}",
+                path.as_deref().unwrap_or(lb::DEFAULT_STATUS_PATH)
+            ),
+            (None, _) => String::new(),
+        };
         let line = format!(
-            "rip-server: {what} {} ({}) on http://{host}:{} with {} worker{plural} (pid {})",
+            "rip-server: {what} {} ({}) on http://{host}:{} with {} worker{plural} (pid {}){status}",
             c.app.name,
             c.app.describe(),
             c.port,
@@ -726,15 +737,17 @@ impl Supervisor {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| Failure::fatal(format!("cannot create the LB link: {e}")))?;
-        let role = [
+        let mut role = vec![
             "lb".to_string(),
             format!("--listen-fd={}", self.listener.as_raw_fd()),
             format!("--link-fd={}", theirs.as_raw_fd()),
         ];
-        let mut command = spawn::role(
-            cli::role_args(&role, &self.config),
-            &[self.listener.as_raw_fd(), theirs.as_raw_fd()],
-        );
+        let mut keep = vec![self.listener.as_raw_fd(), theirs.as_raw_fd()];
+        if let Some(status) = &self.status_listener {
+            role.push(format!("--status-fd={}", status.as_raw_fd()));
+            keep.push(status.as_raw_fd());
+        }
+        let mut command = spawn::role(cli::role_args(&role, &self.config), &keep);
         command.stdin(Stdio::null());
         let mut child = command
             .spawn()
