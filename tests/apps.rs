@@ -293,3 +293,41 @@ fn hono_loads_under_node_as_an_es_module_in_a_commonjs_package_and_as_commonjs()
         );
     }
 }
+
+/// Issue 13: a response body that fails midway is logged with the app's
+/// error and stack under both runtimes (Bun says nothing by itself), and
+/// the client gets what came before the failure, then the connection ends.
+#[test]
+fn a_failing_response_stream_is_logged_with_the_apps_stack() {
+    const APP: &str = "const later = () => new Promise((r) => setTimeout(r, 30));\nconst bytes = (s) => new TextEncoder().encode(s);\nexport default {\n  fetch(req) {\n    const path = new URL(req.url).pathname;\n    if (path === '/ok') return new Response('fine');\n    if (path === '/gen') {\n      async function* gen() { yield bytes('first\\n'); await later(); throw new Error('the generator broke'); }\n      return new Response(gen());\n    }\n    return new Response(new ReadableStream({\n      async start(c) { c.enqueue(bytes('first\\n')); await later(); c.error(new Error('the stream broke')); },\n    }));\n  },\n};\n";
+    for name in ["node", "bun"] {
+        runtime(name);
+        let dir = tempfile::tempdir().unwrap();
+        let entry = write_app(dir.path(), "index.mjs", APP, false);
+        let runtime_flag = format!("--runtime={name}");
+        let server = Server::start(&[entry.to_str().unwrap(), "w:1", &runtime_flag]);
+        server.wait_workers(1);
+        for (path, error) in [
+            ("/stream", "the stream broke"),
+            ("/gen", "the generator broke"),
+        ] {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+            std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with("HTTP/1.1 200") && answer.contains("first\n"),
+                "{name} {path}: {answer}"
+            );
+            let out = server.wait_output(error);
+            let at = out.find(error).unwrap();
+            assert!(
+                out[at..].contains("index.mjs:"),
+                "{name} {path}: no stack in\n{out}"
+            );
+        }
+        assert_eq!(server.get("/ok").text(), "fine", "{name}");
+    }
+}

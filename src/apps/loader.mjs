@@ -11,7 +11,9 @@
 //   On the socket (HTTP/1.1, socket chmod 0600 once listening): `GET /ready` -> 200
 //     `ok` / 503 `not-ready`; while a request is in flight any other request gets
 //     503 `busy` + `Rip-Worker-Busy: 1`, `Retry-After: 0`, `Rip-Worker-Id: <id>`;
-//     everything else goes to the handler (throw/reject -> 500, stack on stderr).
+//     everything else goes to the handler (throw/reject -> 500, stack on stderr;
+//     a response body stream or async iterable that fails midway: its error and
+//     stack on stderr, the response cut short).
 //     No idle/keep-alive/header/request timeouts; bodies stream both ways.
 //   RIP_HOT_RELOAD=module: at most every 100 ms (on the request path) the entry's
 //     mtime is checked and the module re-imported (cache-busted) before serving;
@@ -225,7 +227,56 @@ else await startNode();
 // ---------------------------------------------------------------------------
 // Bun
 
+// Bun drops an error of a response body stream without a word (the client
+// just sees the connection end). Under Bun, a Response built on a stream or
+// an async iterable gets it wrapped, so that such an error is logged with
+// the app's stack; other bodies (strings, buffers, files) are untouched.
+function logBodyErrors() {
+  const NativeResponse = globalThis.Response;
+  const report = (err) => console.error(`${tag}: the response body failed\n`, err);
+  const streamed = (body) =>
+    body !== null && typeof body === "object" && !(body instanceof Blob) &&
+    (body instanceof ReadableStream || typeof body[Symbol.asyncIterator] === "function");
+  const logged = (body) => {
+    if (!(body instanceof ReadableStream)) {
+      return (async function* () {
+        try {
+          yield* body;
+        } catch (err) {
+          report(err);
+          throw err;
+        }
+      })();
+    }
+    const reader = body.getReader();
+    return new ReadableStream({
+      async pull(controller) {
+        try {
+          const { done, value } = await reader.read();
+          if (done) controller.close();
+          else controller.enqueue(value);
+        } catch (err) {
+          report(err);
+          controller.error(err);
+        }
+      },
+      cancel: (reason) => reader.cancel(reason),
+    }, { highWaterMark: 0 });
+  };
+  class Response extends NativeResponse {
+    constructor(body, init) {
+      super(streamed(body) ? logged(body) : body, init);
+    }
+    // A Response from fetch() or Response.json() is a Response still.
+    static [Symbol.hasInstance](value) {
+      return value instanceof NativeResponse;
+    }
+  }
+  globalThis.Response = Response;
+}
+
 async function startBun() {
+  logBodyErrors();
   const readyHeaders = () => (recycle ? { "content-type": "text/plain", "rip-worker-recycle": "1" } : { "content-type": "text/plain" });
   const busyHeaders = () => {
     const h = { "content-type": "text/plain", "rip-worker-busy": "1", "retry-after": "0", "rip-worker-id": workerId };
