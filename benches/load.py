@@ -3,30 +3,43 @@
 
 For each app it starts these targets once (they stay up across repeats):
 
-  rip      rip-server <app> http:0 w:2 r:0 --no-access-log --hot-reload=none
-           like for like with HAProxy, which logs nothing, reloads nothing
-           and never replaces an app process; rip-server's defaults
-           otherwise. `--rip-args r:10000` measures the default recycling
-           (at ping speed that replaces a worker every second or so).
-  haproxy  HAProxy (nbthread 1, balance leastconn, maxconn 1 per server,
-           http-reuse always, rip-server's default timeouts) in front of 2 app
-           processes run by rip-server's loader (src/apps/loader.mjs) on unix
-           sockets
-  direct   the app alone on TCP, the ceiling: 2 Bun.serve processes sharing
-           the port (reusePort), or node:cluster with 2 workers
+  rip            rip-server <app> http:0 w:2 r:0 --no-access-log --hot-reload=none
+                 like for like with HAProxy, which logs nothing, reloads
+                 nothing and never replaces an app process; rip-server's
+                 defaults otherwise (`--rip-args` changes the r:0).
+  rip-default    rip-server <app> http:0 w:2, as the README's quick start
+                 runs it: r:10000 recycling, the access log (to a file), the
+                 default hot reload
+  haproxy-plain  what a user would build instead: HAProxy (nbthread 1,
+                 balance leastconn, maxconn 1 per server, http-reuse always,
+                 rip-server's default timeouts) in front of 2 plain app
+                 processes on unix sockets, no loader: Bun.serve({unix}) with
+                 the app's fetch handler, or node:http listening on the socket
+                 (benches/apps/direct-*.mjs with SOCKET)
+  haproxy        the same HAProxy in front of 2 app processes run by
+                 rip-server's own loader (src/apps/loader.mjs): the proxy
+                 alone compared
+  direct         the app alone on TCP, the ceiling: 2 Bun.serve processes
+                 sharing the port (reusePort), or node:cluster with 2 workers
 
 warms each up for a second, then loads them with `wrk -t1 -c<C> -d<D>s
---latency` at each concurrency C, interleaved (rip, haproxy, direct, rip,
-haproxy, direct, ...) so that machine noise hits every target alike, and
-reports the median of the repeats of each cell. Per run it records req/s,
+--latency` (or `oha`, `--client oha`) at each concurrency C, interleaved
+(rip, rip-default, haproxy-plain, haproxy, direct, rip, ...) so that machine
+noise hits every target alike, and reports the median, min and max of the
+repeats of each cell (5 by default), with a warning where the spread passes
+10%. Per run it records req/s,
 p50, p99, non-2xx responses, socket errors, the proxy's RSS at the end of the
 run (rip-server's `lb` process, or haproxy), roughly how many workers
 rip-server replaced during the run, the CPU time (utime+stime from /proc,
 children included once reaped) of each process group -- the proxy, the app
 side (rip-server's workers and their apps, or the app processes) and wrk --
 and how many CPUs everything else on the machine kept busy meanwhile (noise).
-It prints one table, the ratios rip/haproxy and rip/direct, and any run or
-target that failed.
+CPU is reported in microseconds per request: the figure that stays put
+where req/s moves with the machine's noise. It prints one table, the ratios
+of rip and rip-default to haproxy-plain (and rip/haproxy, rip/direct), and
+any run or target that failed. `--smoke` (CI) runs each target once,
+briefly, and fails unless every target answered 2xx with no socket error --
+it asserts nothing about speed.
 
 Apps (benches/apps/):
   bun-ping   ping/index.js under Bun, answers "pong"           GET  /ping
@@ -42,6 +55,7 @@ Run it from anywhere, after a release build (needs wrk, bun, node, haproxy):
   python3 benches/load.py --quick       # 2 s runs, c=2,64, bun-ping,builtin,1ms (< 2 min)
   python3 benches/load.py --apps bun-ping,1ms --conc 64 --duration 5 --repeats 3
   python3 benches/load.py --c1000-rss   # then rip-server's LB RSS after c=64 and c=1000
+  python3 benches/load.py --smoke       # ~20 s: every target answers 2xx (CI)
 
 A missing HAProxy only drops its rows (install: apt-get install haproxy).
 Without wrk (or with --client python) a built-in single-threaded Python
@@ -283,6 +297,8 @@ class Target:
 
 class Rip(Target):
     name = "rip"
+    # Like for like with HAProxy: no access log, no reload watching.
+    flags = ["--no-access-log", "--hot-reload=none"]
 
     def __init__(self, app, tmp, extra_args):
         super().__init__(app, tmp)
@@ -292,7 +308,7 @@ class Rip(Target):
     def start(self):
         app = self.app
         cmd = [BIN, os.path.join(APPS_DIR, app.source) if app.runtime else app.source,
-               "http:0", "w:%d" % WORKERS, "--no-access-log", "--hot-reload=none",
+               "http:0", "w:%d" % WORKERS] + self.flags + [
                "--socket-dir=" + os.path.join(self.dir, "s")] + self.extra_args
         if app.runtime:
             cmd.append("--runtime=" + app.runtime)
@@ -339,6 +355,16 @@ class Rip(Target):
         return rss_mib(self.find_lb())
 
 
+class RipDefault(Rip):
+    """rip-server as the README's quick start runs it: every default (r:10000
+    recycling, the access log, the default hot reload), stdout to a file."""
+    name = "rip-default"
+    flags = []
+
+    def __init__(self, app, tmp, _extra_args):
+        super().__init__(app, tmp, [])
+
+
 class Haproxy(Target):
     name = "haproxy"
 
@@ -372,6 +398,24 @@ class Haproxy(Target):
 
     def rss(self):
         return rss_mib(self.haproxy.pid)
+
+
+class HaproxyPlain(Haproxy):
+    """HAProxy in front of plain app processes: what a user would run
+    instead of rip-server."""
+    name = "haproxy-plain"
+
+    def start_apps(self):
+        sockets = []
+        script = os.path.join(APPS_DIR, "direct-%s.mjs" % self.app.runtime)
+        for i in range(WORKERS):
+            sock = os.path.join(self.dir, "p%d.sock" % i)
+            env = dict(os.environ, SOCKET=sock, APP_ENTRY=self.app.entry)
+            proc = self.spawn([self.app.runtime, script], "plain%d.log" % i, env=env,
+                              cwd=os.path.dirname(self.app.entry), stdout=subprocess.PIPE, text=True)
+            read_lines(proc, 1, "plain " + self.app.runtime)
+            sockets.append(sock)
+        return sockets
 
 
 def haproxy_config(port, sockets):
@@ -422,6 +466,9 @@ def load_command(client, port, app, conc, seconds, lua):
     url = "http://127.0.0.1:%d%s" % (port, app.path)
     if client == "wrk":
         return ["wrk", "-t1", "-c%d" % conc, "-d%ds" % seconds, "--latency"] + (["-s", lua] if app.body else []) + [url]
+    if client == "oha":
+        body = ["-m", "POST", "-d", "x" * app.body] if app.body else []
+        return ["oha", "--no-tui", "--output-format", "json", "-c", str(conc), "-z", "%ds" % seconds] + body + [url]
     return [sys.executable, os.path.abspath(__file__), "--python-client", url, str(conc), str(seconds), str(app.body)]
 
 
@@ -430,7 +477,7 @@ def run_load(cmd, seconds):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0 or "Requests/sec" not in done.stdout:
+    if done.returncode != 0 or not ("Requests/sec" in done.stdout or '"requestsPerSec"' in done.stdout):
         raise RuntimeError("%s failed: %s%s" % (shlex.join(cmd), done.stdout, done.stderr))
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return done.stdout, cpu
@@ -456,6 +503,23 @@ def parse_wrk(text):
     }
 
 
+def parse_oha(text):
+    """oha's --output-format json, as parse_wrk's numbers."""
+    report = json.loads(text)
+    summary, status = report["summary"], report.get("statusCodeDistribution", {})
+    requests = sum(status.values())
+    ok = sum(n for code, n in status.items() if code.startswith(("2", "3")))
+    percentiles = report["latencyPercentiles"]
+    return {
+        "rps": summary["requestsPerSec"],
+        "requests": requests,
+        "p50": percentiles["p50"] * 1000,
+        "p99": percentiles["p99"] * 1000,
+        "non2xx": requests - ok,
+        "errors": sum(report.get("errorDistribution", {}).values()),
+    }
+
+
 def measure(target, app, conc, seconds, client, lua):
     """One measured run against a target; returns its numbers."""
     cmd = load_command(client, target.port, app, conc, seconds, lua)
@@ -464,14 +528,15 @@ def measure(target, app, conc, seconds, client, lua):
     output, client_cpu = run_load(cmd, seconds)
     busy, elapsed = machine_busy() - busy_before, time.monotonic() - started
     cpu_after = target.cpu()
-    result = parse_wrk(output)
-    per_10k = 10000 / max(result["requests"], 1)
+    result = parse_oha(output) if client == "oha" else parse_wrk(output)
+    # CPU microseconds per request.
+    per_request = 1e6 / max(result["requests"], 1)
     ours = client_cpu
     for group in cpu_before:
         used = cpu_after[group] - cpu_before[group]
         ours += used
-        result[group + "_cpu"] = used * per_10k
-    result["client_cpu"] = client_cpu * per_10k
+        result[group + "_cpu"] = used * per_request
+    result["client_cpu"] = client_cpu * per_request
     result["other"] = max(busy - ours, 0) / elapsed
     result["rss"] = target.rss()
     result["restarts"] = target.restarts - restarts_before
@@ -613,7 +678,9 @@ def header(client, rip_args):
                                    first_line([HAPROXY, "-v"])))
     print("rip:        %s <app> http:0 w:%d --no-access-log --hot-reload=none --socket-dir=<tmp> [--runtime=bun|node]%s"
           % (BIN, WORKERS, "".join(" " + a for a in rip_args)))
-    print("load gen:   %s" % (first_line(["wrk", "-v"]) if client == "wrk" else "built-in Python client "
+    print("rip-default: %s <app> http:0 w:%d --socket-dir=<tmp> [--runtime=bun|node] > <file>" % (BIN, WORKERS))
+    generator = {"wrk": lambda: first_line(["wrk", "-v"]), "oha": lambda: first_line(["oha", "--version"])}
+    print("load gen:   %s" % (generator[client]() if client in generator else "built-in Python client "
                               "(costlier than wrk: compare targets only with each other)"))
     sys.stdout.flush()
 
@@ -637,58 +704,92 @@ def spread(runs):
     return 100 * (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 else 0
 
 
+# A cell whose req/s range over the repeats passes this (in % of its
+# median) is flagged: its ratios say less than they seem to.
+NOISY = 10.0
+
+
 def print_table(results, client_name):
     print()
-    print("Medians over the repeats. ±%%: req/s range over the repeats. non-2xx, errors, replaced: totals over"
-          " the repeats (replaced = rip-server workers recycled during the runs). LB MiB: RSS of rip-server's lb"
-          " or of haproxy at the end of a run. cpu: CPU seconds per 10k requests of the proxy, the app side"
-          " (workers + apps) and %s. other: CPUs kept busy by everything else on the machine during the run"
-          " (noise)." % client_name)
-    columns = ("%-9s %5s %-8s %8s %5s %8s %8s %8s %7s %8s %7s %9s %9s %9s %6s"
-               % ("app", "conc", "target", "req/s", "±%", "p50 ms", "p99 ms", "non-2xx", "errors", "replaced",
-                  "LB MiB", "cpu proxy", "cpu app", "cpu " + client_name, "other"))
+    print("Median, min and max req/s over the repeats; ±%%: that range in %% of the median (! past %.0f%%)."
+          " p50, p99: medians. non-2xx, errors, replaced: totals over the repeats (replaced = rip-server"
+          " workers recycled during the runs). LB MiB: RSS of rip-server's lb or of haproxy at the end of a"
+          " run. µs/req: CPU microseconds per request of the proxy, the app side (workers + apps) and %s"
+          " (medians). other: CPUs kept busy by everything else on the machine during the run (noise)."
+          % (NOISY, client_name))
+    columns = ("%-9s %5s %-13s %8s %8s %8s %6s %8s %8s %8s %7s %8s %7s %9s %9s %9s %6s"
+               % ("app", "conc", "target", "req/s", "min", "max", "±%", "p50 ms", "p99 ms", "non-2xx",
+                  "errors", "replaced", "LB MiB", "µs proxy", "µs app", "µs " + client_name, "other"))
     print(columns)
     print("-" * len(columns))
+    noisy = []
     for (app, conc, target), runs in results.items():
-        print("%-9s %5d %-8s %8.0f %5.1f %8.3f %8.3f %8d %7d %8s %7s %9s %9s %9.3f %6.2f" % (
-            app, conc, target, median(runs, "rps"), spread(runs), median(runs, "p50"), median(runs, "p99"),
+        rates = [r["rps"] for r in runs]
+        flag = "!" if spread(runs) > NOISY else " "
+        if flag == "!":
+            noisy.append("%s c=%d %s" % (app, conc, target))
+        print("%-9s %5d %-13s %8.0f %8.0f %8.0f %5.1f%s %8.3f %8.3f %8d %7d %8s %7s %9s %9s %9.1f %6.2f" % (
+            app, conc, target, median(runs, "rps"), min(rates), max(rates), spread(runs), flag,
+            median(runs, "p50"), median(runs, "p99"),
             sum(r["non2xx"] for r in runs), sum(r["errors"] for r in runs),
-            sum(r["restarts"] for r in runs) if target == "rip" else "-",
-            fmt(median(runs, "rss"), "%.1f"), fmt(median(runs, "proxy_cpu"), "%.3f"),
-            fmt(median(runs, "app_cpu"), "%.3f"), median(runs, "client_cpu"), median(runs, "other")))
+            sum(r["restarts"] for r in runs) if target.startswith("rip") else "-",
+            fmt(median(runs, "rss"), "%.1f"), fmt(median(runs, "proxy_cpu"), "%.1f"),
+            fmt(median(runs, "app_cpu"), "%.1f"), median(runs, "client_cpu"), median(runs, "other")))
+    if noisy:
+        print()
+        print("WARNING: req/s moved more than %.0f%% over the repeats in %d cell(s): %s. Compare their ratios"
+              " with care, or rerun with more --repeats on a quieter machine."
+              % (NOISY, len(noisy), ", ".join(noisy)))
 
 
-def ratio(results, app, conc, other, key):
-    """rip's median over another target's in one cell, or "-"."""
-    rip, them = results.get((app, conc, "rip")), results.get((app, conc, other))
-    return "%.2f" % (median(rip, key) / median(them, key)) if rip and them and median(them, key) else "-"
+def ratio(results, app, conc, ours, other, key):
+    """Our target's median over another target's in one cell, or "-"."""
+    mine, them = results.get((app, conc, ours)), results.get((app, conc, other))
+    return "%.2f" % (median(mine, key) / median(them, key)) if mine and them and median(them, key) else "-"
+
+
+# The ratios printed: (ours, theirs, key, heading).
+RATIOS = (
+    ("rip", "haproxy-plain", "rps", "rip/plain req/s"),
+    ("rip", "haproxy-plain", "p99", "rip/plain p99"),
+    ("rip-default", "haproxy-plain", "rps", "default/plain req/s"),
+    ("rip-default", "haproxy-plain", "p99", "default/plain p99"),
+    ("rip", "haproxy", "rps", "rip/haproxy req/s"),
+    ("rip", "haproxy", "p99", "rip/haproxy p99"),
+    ("rip", "direct", "rps", "rip/direct req/s"),
+)
 
 
 def print_ratios(results):
     rows = []
     for app, conc in dict.fromkeys((app, conc) for app, conc, _ in results):
-        row = (ratio(results, app, conc, "haproxy", "rps"), ratio(results, app, conc, "direct", "rps"),
-               ratio(results, app, conc, "haproxy", "p99"))
-        if row != ("-", "-", "-"):
+        row = tuple(ratio(results, app, conc, ours, theirs, key) for ours, theirs, key, _ in RATIOS)
+        if any(cell != "-" for cell in row):
             rows.append((app, conc) + row)
     if rows:
         print()
-        print("%-9s %5s %18s %17s %16s" % ("app", "conc", "rip/haproxy req/s", "rip/direct req/s", "rip/haproxy p99"))
-        for row in rows:
-            print("%-9s %5d %18s %17s %16s" % row)
+        print("Ratios of medians (plain = haproxy-plain, the user's alternative; haproxy: the same proxy"
+              " in front of rip-server's loader).")
+        widths = [max(len(heading), 5) for *_, heading in RATIOS]
+        print("%-9s %5s " % ("app", "conc") + " ".join("%*s" % (w, h) for w, (*_, h) in zip(widths, RATIOS)))
+        for app, conc, *cells in rows:
+            print("%-9s %5d " % (app, conc) + " ".join("%*s" % (w, c) for w, c in zip(widths, cells)))
 
 
 # ---------------------------------------------------------------------------
 # Main
 
 
+TARGETS = ("rip", "rip-default", "haproxy-plain", "haproxy", "direct")
+
+
 def candidates(app, tmp, args):
-    targets = [Rip(app, tmp, args.rip_args)]
+    targets = [Rip(app, tmp, args.rip_args), RipDefault(app, tmp, [])]
     if app.runtime:
         if os.path.exists(HAPROXY):
-            targets.append(Haproxy(app, tmp))
+            targets += [HaproxyPlain(app, tmp), Haproxy(app, tmp)]
         targets.append(Direct(app, tmp))
-    return targets
+    return [t for t in targets if t.name in args.targets]
 
 
 def one_line(err):
@@ -704,7 +805,8 @@ def bench_app(app, tmp, args, lua, results, notes):
             targets.append(target)
             try:
                 target.start()
-                run_load(load_command(args.client, target.port, app, 16, args.warmup, lua), args.warmup)
+                if args.warmup:
+                    run_load(load_command(args.client, target.port, app, 16, args.warmup, lua), args.warmup)
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
                 notes.append("%s: %s did not start: %s" % (app.name, target.name, one_line(err)))
                 target.stop()
@@ -746,6 +848,33 @@ def c1000_rss(tmp, args, lua):
         rip.stop()
 
 
+def smoke_verdict(args, results, notes):
+    """--smoke: every target of every app ran and answered 2xx only, with no
+    socket error. Returns the exit status."""
+    failures = list(notes)
+    if not os.path.exists(HAPROXY):
+        failures.append("haproxy is not installed at %s: its targets did not run" % HAPROXY)
+    for name in args.apps:
+        for target in TARGETS:
+            if target not in args.targets or (APPS[name].runtime is None and target not in ("rip", "rip-default")):
+                continue
+            runs = results.get((name, args.conc[0], target))
+            if not runs:
+                failures.append("%s %s: no run" % (name, target))
+                continue
+            bad = [r for r in runs if r["non2xx"] or r["errors"] or not r["requests"]]
+            if bad:
+                failures.append("%s %s: %d requests, %d non-2xx, %d socket errors"
+                                % (name, target, bad[0]["requests"], bad[0]["non2xx"], bad[0]["errors"]))
+    print()
+    if failures:
+        for failure in failures:
+            print("SMOKE FAILED: " + failure)
+        return 1
+    print("smoke: every target answered 2xx only, with no socket error")
+    return 0
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -753,15 +882,23 @@ def parse_args():
     parser.add_argument("--apps", help="comma-separated, from: " + ",".join(APPS))
     parser.add_argument("--conc", help="comma-separated concurrencies (default 2,16,64,256)")
     parser.add_argument("--duration", type=int, help="seconds per run (default 10; wrk takes whole seconds)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per cell, median reported (default 3)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs per cell, median, min and max reported (default 5)")
     parser.add_argument("--warmup", type=int, help="seconds of unmeasured load per target at start (default 1)")
-    parser.add_argument("--client", choices=("wrk", "python"),
+    parser.add_argument("--client", choices=("wrk", "oha", "python"),
                         help="load generator (default wrk if installed, else the built-in Python client)")
+    parser.add_argument("--targets", help="comma-separated, from: " + ",".join(TARGETS) + " (default all)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one 1 s run per target of bun-ping and node-ping at c=4; fails unless each"
+                             " answered 2xx with no socket error (CI; asserts nothing about speed)")
     parser.add_argument("--rip-args", default="r:0",
                         help='rip-server tokens and flags added to the command line (default "r:0")')
     parser.add_argument("--c1000-rss", action="store_true",
                         help="after the runs, print rip-server's LB RSS after c=64 and c=1000")
     args = parser.parse_args()
+    if args.smoke:
+        args.apps, args.conc = args.apps or "bun-ping,node-ping", args.conc or "4"
+        args.duration, args.repeats, args.warmup = args.duration or 1, 1, 0
     quick = args.quick
     args.apps = (args.apps or ("bun-ping,builtin,1ms" if quick else ",".join(APPS))).split(",")
     unknown = [a for a in args.apps if a not in APPS]
@@ -769,7 +906,11 @@ def parse_args():
         parser.error("unknown app %s (known: %s)" % (",".join(unknown), ",".join(APPS)))
     args.conc = [int(c) for c in (args.conc or ("2,64" if quick else "2,16,64,256")).split(",")]
     args.duration = args.duration or (2 if quick else 10)
-    args.warmup = args.warmup or 1
+    args.warmup = 1 if args.warmup is None else args.warmup
+    args.targets = (args.targets or ",".join(TARGETS)).split(",")
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        parser.error("unknown target %s (known: %s)" % (",".join(unknown), ",".join(TARGETS)))
     args.client = args.client or ("wrk" if shutil.which("wrk") else "python")
     args.rip_args = shlex.split(args.rip_args)
     return args
@@ -794,20 +935,24 @@ def main():
         f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 65536)\n')
     results, notes = {}, []
     started = time.monotonic()
+    status = 0
     try:
         for name in args.apps:
             bench_app(APPS[name], tmp, args, lua, results, notes)
-        print_table(results, "wrk" if args.client == "wrk" else "client")
+        print_table(results, args.client if args.client != "python" else "client")
         print_ratios(results)
         for note in notes:
             print("NOTE: " + note)
+        if args.smoke:
+            status = smoke_verdict(args, results, notes)
         if args.c1000_rss:
             c1000_rss(tmp, args, lua)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
     print("took %.0f s; load average now %s" % (time.monotonic() - started, loadavg()))
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

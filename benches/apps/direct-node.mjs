@@ -2,17 +2,21 @@
 // processes, each serving an app module's fetch handler on TCP through a
 // minimal http.createServer -> Request / Response -> res bridge (the response
 // body is buffered, which is fine for the small benchmark apps). Prints
-// "ready" once every worker listens; SIGTERM stops the workers too.
+// "ready" once every worker listens; SIGTERM stops the workers too. With
+// SOCKET instead of PORT: one process (no cluster) on that unix socket, the
+// plain app process behind benches/load.py's "haproxy-plain" (no loader).
 //
 //   PORT=8080 WORKERS=2 APP_ENTRY=/abs/path/index.js node direct-node.mjs
+//   SOCKET=/tmp/a.sock APP_ENTRY=/abs/path/index.js node direct-node.mjs
 import cluster from "node:cluster";
 import http from "node:http";
 import { Readable } from "node:stream";
 import { pathToFileURL } from "node:url";
 
 const workers = Number(process.env.WORKERS || 2);
+const socket = process.env.SOCKET;
 
-if (cluster.isPrimary) {
+if (cluster.isPrimary && !socket) {
   let listening = 0;
   cluster.on("listening", () => {
     if (++listening === workers) console.log("ready");
@@ -50,5 +54,11 @@ if (cluster.isPrimary) {
     res.writeHead(response.status, [...head, "content-length", String(body.length)]);
     res.end(body);
   };
-  http.createServer(serve).listen(Number(process.env.PORT), "127.0.0.1");
+  const server = http.createServer(serve);
+  if (socket) {
+    server.listen(socket, () => console.log("ready"));
+    process.on("SIGTERM", () => process.exit(0));
+  } else {
+    server.listen(Number(process.env.PORT), "127.0.0.1");
+  }
 }
