@@ -468,7 +468,8 @@ def load_command(client, port, app, conc, seconds, lua):
         return ["wrk", "-t1", "-c%d" % conc, "-d%ds" % seconds, "--latency"] + (["-s", lua] if app.body else []) + [url]
     if client == "oha":
         body = ["-m", "POST", "-d", "x" * app.body] if app.body else []
-        return ["oha", "--no-tui", "--output-format", "json", "-c", str(conc), "-z", "%ds" % seconds] + body + [url]
+        # -w: requests in flight at the deadline finish (else they count as errors).
+        return ["oha", "--no-tui", "--output-format", "json", "-w", "-c", str(conc), "-z", "%ds" % seconds] + body + [url]
     return [sys.executable, os.path.abspath(__file__), "--python-client", url, str(conc), str(seconds), str(app.body)]
 
 
