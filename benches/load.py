@@ -84,7 +84,8 @@ import time
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "rip-server")
+# Where cargo put the release build (CARGO_TARGET_DIR, as cargo reads it, relative to the repository).
+BIN = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"), "release", "rip-server")
 APPS_DIR = os.path.join(ROOT, "benches", "apps")
 LOADER = os.path.join(ROOT, "src", "apps", "loader.mjs")
 HAPROXY = "/usr/sbin/haproxy"

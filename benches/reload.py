@@ -21,7 +21,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "rip-server")
+BIN = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"), "release", "rip-server")
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 
 
