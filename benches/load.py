@@ -89,7 +89,7 @@ BIN = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"), "release"
 APPS_DIR = os.path.join(ROOT, "benches", "apps")
 LOADER = os.path.join(ROOT, "src", "apps", "loader.mjs")
 HAPROXY = "/usr/sbin/haproxy"
-WORKERS = 2
+WORKERS = 2  # app processes per target; --workers changes it
 TICK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30  # seconds any target may take to come up
 STOP_TIMEOUT = 15  # seconds any target may take to stop (rip-server's own limit is 10)
@@ -762,6 +762,18 @@ RATIOS = (
 )
 
 
+def print_capacity(results):
+    """The 1 ms app's req/s against its ceiling, WORKERS x 1000 req/s (one
+    request at a time per app process, 1 ms each)."""
+    ceiling = WORKERS * 1000
+    rows = [(conc, target, median(runs, "rps")) for (app, conc, target), runs in results.items() if app == "1ms"]
+    if rows:
+        print()
+        print("1ms app against its ceiling of %d req/s (w:%d x 1000):" % (ceiling, WORKERS))
+        for conc, target, rps in rows:
+            print("  c=%-5d %-13s %8.0f req/s  %5.1f%%" % (conc, target, rps, 100 * rps / ceiling))
+
+
 def print_ratios(results):
     rows = []
     for app, conc in dict.fromkeys((app, conc) for app, conc, _ in results):
@@ -889,6 +901,9 @@ def parse_args():
     parser.add_argument("--warmup", type=int, help="seconds of unmeasured load per target at start (default 1)")
     parser.add_argument("--client", choices=("wrk", "oha", "python"),
                         help="load generator (default wrk if installed, else the built-in Python client)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="app processes per target: rip-server's w:N, HAProxy's servers, direct's processes"
+                             " (default 2)")
     parser.add_argument("--targets", help="comma-separated, from: " + ",".join(TARGETS) + " (default all)")
     parser.add_argument("--smoke", action="store_true",
                         help="one 1 s run per target of bun-ping and node-ping at c=4; fails unless each"
@@ -922,6 +937,8 @@ def main():
     if len(sys.argv) == 6 and sys.argv[1] == "--python-client":
         return python_client(*sys.argv[2:])
     args = parse_args()
+    global WORKERS
+    WORKERS = args.workers
     sys.stdout.reconfigure(line_buffering=True)
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
@@ -943,6 +960,7 @@ def main():
             bench_app(APPS[name], tmp, args, lua, results, notes)
         print_table(results, args.client if args.client != "python" else "client")
         print_ratios(results)
+        print_capacity(results)
         for note in notes:
             print("NOTE: " + note)
         if args.smoke:
