@@ -485,3 +485,39 @@ fn killing_apps_and_workers_under_load_fails_at_most_one_request_per_kill() {
     // Every worker is back within seconds.
     server.wait_workers(4);
 }
+
+/// Found by `benches/load.py --conc 10000`: clients refused for a full
+/// queue resent at once, and the LB spun on refusals while the queued
+/// requests waited (220 served req/s). A refused connection is now not read
+/// again for the `Retry-After: 1` it was told; the queue goes on meanwhile.
+#[test]
+fn a_client_refused_for_a_full_queue_is_not_read_for_a_second() {
+    let server = Server::start(&["builtin:hello", "w:1", "--max-queue=1"]);
+    server.wait_workers(1);
+    let port = server.port;
+    let busy = thread::spawn(move || try_request(port, "GET", "/sleep?ms=600", &[], b"").unwrap());
+    eventually("the worker busy", || {
+        (server.status()?["busy"] == 1).then_some(())
+    });
+    let queued = thread::spawn(move || try_request(port, "GET", "/sleep?ms=10", &[], b"").unwrap());
+    eventually("one request queued", || {
+        (server.status()?["queued"] == 1).then_some(())
+    });
+    let mut client = Client::connect(port).unwrap();
+    let refused = client.send("GET", "/ping", &[], b"").unwrap();
+    assert_eq!(
+        (refused.status, refused.header("retry-after")),
+        (503, Some("1"))
+    );
+    // Sent at once, read only after the pause: served, by then.
+    let sent = Instant::now();
+    let again = client.send("GET", "/ping", &[], b"").unwrap();
+    let waited = sent.elapsed();
+    assert_eq!((again.status, again.text().as_str()), (200, "pong"));
+    assert!(
+        waited >= Duration::from_millis(900),
+        "read again after {waited:?}"
+    );
+    assert_eq!(busy.join().unwrap().status, 200);
+    assert_eq!(queued.join().unwrap().status, 200);
+}

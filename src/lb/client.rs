@@ -99,6 +99,17 @@ pub(super) async fn serve(
         if next == Next::Close || *stop.borrow() {
             break;
         }
+        if std::mem::take(&mut client.shed) {
+            // As `Retry-After: 1` asked: a client refused for a full queue
+            // that sends again at once (a load tool does) waits its second
+            // here, idle, instead of spinning the LB on refusals while the
+            // queued requests wait for it to dispatch them (measured: at
+            // c=10000, 220 served req/s without this).
+            tokio::select! {
+                _ = tokio::time::sleep(SHED_PAUSE) => {}
+                _ = stop.changed() => break,
+            }
+        }
         client.shrink();
     }
     client.socket.shutdown_write();
@@ -113,6 +124,10 @@ pub(super) async fn serve(
             .await;
     }
 }
+
+/// How long a connection refused for a full queue is left unread: the
+/// `Retry-After: 1` it was told.
+const SHED_PAUSE: Duration = Duration::from_secs(1);
 
 /// A lingering close waits at most this long for each next byte,
 const LINGER_IDLE: Duration = Duration::from_secs(1);

@@ -165,6 +165,9 @@ pub struct Client {
     pub request_id: RequestId,
     /// How long the current request waited for a worker.
     pub queued: Duration,
+    /// The current request was refused for a full queue (`503`,
+    /// `Retry-After: 1`): the connection is not read again for that long.
+    pub shed: bool,
     /// The client has closed its end (it sends nothing more).
     pub eof: bool,
     /// What the client has not taken yet of a response.
@@ -180,6 +183,7 @@ impl Client {
             trusted: false,
             request_id: RequestId::generate(),
             queued: Duration::ZERO,
+            shed: false,
             buf: Vec::with_capacity(HEAD_CHUNK),
             req_head: Vec::new(),
             resp_head: Vec::new(),
@@ -452,7 +456,13 @@ impl Proxy {
                 Err(reject) => {
                     let _ = ex.answered();
                     let own = match reject {
-                        Reject::QueueFull => busy(false),
+                        Reject::QueueFull => {
+                            // Told to retry in a second: it will not be
+                            // read sooner (client.rs), so that refusing is
+                            // not a loop that starves the queue's service.
+                            client.shed = true;
+                            busy(false)
+                        }
                         Reject::QueueTimeout => {
                             Own::text(504, "Gateway Timeout", "Queue timeout", false)
                         }
