@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 /// The most a sink buffers; past it, lines are dropped.
 const MAX_BUFFER: usize = 4 << 20;
-/// How often the writer wakes when nothing asks it to.
+/// How long the writer lets lines gather once the first of a batch has
+/// come (it sleeps, untroubled, while there are none).
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// The longest forwarded line; longer ones are cut there.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -70,7 +71,12 @@ impl Sink {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let first = buffer.is_empty();
         write(&mut buffer);
+        if first {
+            // The writer waits for a first line (one wake per batch).
+            self.wake.notify_one();
+        }
     }
 
     /// Appends one line (`line` ends with a newline, or gets one).
@@ -105,15 +111,16 @@ impl Sink {
 
     fn run(&self) {
         loop {
-            let pending = {
+            {
                 let mut buffer = self.lock();
                 while buffer.is_empty() {
-                    buffer = self
-                        .wake
-                        .wait_timeout(buffer, FLUSH_EVERY)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    buffer = self.wake.wait(buffer).unwrap_or_else(|e| e.into_inner());
                 }
+            }
+            // Let a batch gather: one write for many lines under load.
+            std::thread::sleep(FLUSH_EVERY);
+            let pending = {
+                let mut buffer = self.lock();
                 self.busy.store(true, Ordering::Release);
                 std::mem::replace(&mut *buffer, Vec::with_capacity(64 * 1024))
             };
