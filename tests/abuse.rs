@@ -521,3 +521,62 @@ fn a_client_refused_for_a_full_queue_is_not_read_for_a_second() {
     assert_eq!(busy.join().unwrap().status, 200);
     assert_eq!(queued.join().unwrap().status, 200);
 }
+
+/// The LB's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap();
+    line.trim().trim_end_matches(" kB").trim().parse().unwrap()
+}
+
+/// Kept-alive connections waiting for their next request cost the LB
+/// little: each held the whole state of an exchange (its task's future,
+/// 12 KB) while idle — 17 KB a connection, measured — and now holds it only
+/// during an exchange. Measured as the growth from 1,500 to 3,000 idle
+/// connections (the first ones also grow the heap the exchanges used).
+#[test]
+fn idle_kept_alive_connections_cost_the_lb_little_memory() {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let want = 8192.min(hard);
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, hard).unwrap();
+    let server = Server::start(&["builtin:hello", "w:2", "--no-access-log"]);
+    server.wait_workers(2);
+    let lb = server.lb_pid();
+    let mut idle = Vec::new();
+    let open = |n: usize, idle: &mut Vec<TcpStream>| {
+        let start = idle.len();
+        while idle.len() < n {
+            let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            stream
+                .write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
+            idle.push(stream);
+        }
+        for stream in &mut idle[start..] {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut answer = [0u8; 512];
+            let n = stream.read(&mut answer).unwrap();
+            assert!(
+                answer[..n].starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&answer[..n])
+            );
+        }
+    };
+    open(1500, &mut idle);
+    thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(lb);
+    open(3000, &mut idle);
+    thread::sleep(Duration::from_millis(300));
+    let per_connection = (rss_kib(lb).saturating_sub(before)) * 1024 / 1500;
+    assert!(
+        per_connection < 13 * 1024,
+        "{per_connection} bytes of LB memory per idle connection"
+    );
+}
