@@ -66,6 +66,15 @@ pub fn parse_route(text: &str) -> Result<Route, String> {
     Ok(Some(text.to_string()))
 }
 
+/// An IPv4 address mapped into IPv6 (a dual-stack listener's view of an
+/// IPv4 client) as the IPv4 address it is.
+pub fn plain_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// `--trusted-proxies`: the addresses whose forwarding fields the LB
 /// keeps (docs/DESIGN.md §5.7), as CIDR ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,10 +122,7 @@ impl TrustedProxies {
     /// Whether `ip` (an IPv4 address mapped into IPv6 taken as IPv4) is in
     /// one of the ranges.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = plain_ip(ip);
         self.ranges.iter().any(|&(net, bits)| match (net, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);

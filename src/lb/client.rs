@@ -98,7 +98,7 @@ pub(super) async fn serve(
         if next == Next::Close || *stop.borrow() {
             break;
         }
-        if std::mem::take(&mut client.shed) {
+        if next == Next::Shed {
             // As `Retry-After: 1` asked: a client refused for a full queue
             // that sends again at once (a load tool does) waits its second
             // here, idle, instead of spinning the LB on refusals while the

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::flags::TrustedProxies;
+use crate::flags::{plain_ip, TrustedProxies};
 
 /// A field a client could use to say who it is or how it came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,30 +42,27 @@ pub enum Claim {
 
 /// The claim `name` makes, if any (any case).
 pub fn claim(name: &str) -> Option<Claim> {
+    // Called for every field the LB does not otherwise know (twice per
+    // request field, once per response field): by length first, as
+    // `http1::field` does, so that `accept` or `cookie` cost a compare.
     let eq = |s: &str| name.eq_ignore_ascii_case(s);
-    let first = name.as_bytes().first()?.to_ascii_lowercase();
-    if !matches!(first, b'x' | b'f' | b't' | b'c') {
-        return None;
-    }
-    if name.len() > 12 && name[..12].eq_ignore_ascii_case("x-forwarded-") {
-        return Some(match &name[12..] {
-            s if s.eq_ignore_ascii_case("for") => Claim::For,
-            s if s.eq_ignore_ascii_case("proto") => Claim::Proto,
-            s if s.eq_ignore_ascii_case("host") => Claim::Host,
-            s if s.eq_ignore_ascii_case("port") => Claim::Port,
+    let bytes = name.as_bytes();
+    if bytes.len() > 12 && bytes[..12].eq_ignore_ascii_case(b"x-forwarded-") {
+        let rest = &bytes[12..];
+        return Some(match rest.len() {
+            3 if rest.eq_ignore_ascii_case(b"for") => Claim::For,
+            5 if rest.eq_ignore_ascii_case(b"proto") => Claim::Proto,
+            4 if rest.eq_ignore_ascii_case(b"host") => Claim::Host,
+            4 if rest.eq_ignore_ascii_case(b"port") => Claim::Port,
             _ => Claim::Passed,
         });
     }
-    if eq("x-real-ip") {
-        Some(Claim::RealIp)
-    } else if eq("x-request-id") {
-        Some(Claim::RequestId)
-    } else if eq("x-request-start") {
-        Some(Claim::RequestStart)
-    } else if PASSED.iter().any(|p| eq(p)) {
-        Some(Claim::Passed)
-    } else {
-        None
+    match bytes.len() {
+        9 if eq("x-real-ip") => Some(Claim::RealIp),
+        12 if eq("x-request-id") => Some(Claim::RequestId),
+        15 if eq("x-request-start") => Some(Claim::RequestStart),
+        9 | 11 | 13 | 14 | 16 | 19 if PASSED.iter().any(|p| eq(p)) => Some(Claim::Passed),
+        _ => None,
     }
 }
 
@@ -212,15 +209,6 @@ fn put_joined<'v>(
     out.extend_from_slice(b"\r\n");
 }
 
-/// An IPv4 address mapped into IPv6 (a dual-stack listener's view of an
-/// IPv4 client) as the IPv4 address it is.
-pub fn plain_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// The client's address behind trusted proxies: walking the chain
 /// `X-Forwarded-For` then the peer from the right, the first address that
 /// is not a trusted proxy (as nginx's `real_ip_recursive` does). An entry
@@ -296,7 +284,8 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A request id: generated, or kept from a trusted proxy.
+/// A request id: generated, or kept from a trusted proxy (empty: none
+/// yet).
 #[derive(Clone, Copy)]
 pub struct RequestId {
     len: u8,
@@ -306,6 +295,15 @@ pub struct RequestId {
 impl std::fmt::Debug for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId {
+            len: 0,
+            bytes: [0; MAX_ID],
+        }
     }
 }
 
@@ -396,8 +394,13 @@ mod tests {
         assert_eq!(claim("X-Real-IP"), Some(Claim::RealIp));
         assert_eq!(claim("x-request-id"), Some(Claim::RequestId));
         assert_eq!(claim("X-Request-Start"), Some(Claim::RequestStart));
+        // (Every name of PASSED has a length `claim` looks at.)
         for name in PASSED {
-            assert_eq!(claim(&name.to_ascii_uppercase()), Some(Claim::Passed));
+            assert_eq!(
+                claim(&name.to_ascii_uppercase()),
+                Some(Claim::Passed),
+                "{name}"
+            );
         }
         for name in [
             "accept",

@@ -165,9 +165,6 @@ pub struct Client {
     pub request_id: RequestId,
     /// How long the current request waited for a worker.
     pub queued: Duration,
-    /// The current request was refused for a full queue (`503`,
-    /// `Retry-After: 1`): the connection is not read again for that long.
-    pub shed: bool,
     /// The client has closed its end (it sends nothing more).
     pub eof: bool,
     /// What the client has not taken yet of a response.
@@ -181,9 +178,9 @@ impl Client {
             peer,
             port: None,
             trusted: false,
-            request_id: RequestId::generate(),
+            // Each request gets its own (`client::read_head`).
+            request_id: RequestId::default(),
             queued: Duration::ZERO,
-            shed: false,
             buf: Vec::with_capacity(HEAD_CHUNK),
             req_head: Vec::new(),
             resp_head: Vec::new(),
@@ -290,6 +287,11 @@ impl Client {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     KeepAlive,
+    /// Kept alive, but refused for a full queue (`503`, `Retry-After: 1`):
+    /// not read again before that second (`client::serve`), so that
+    /// refusing a client that resends at once is not a loop that starves
+    /// the queue's service.
+    Shed,
     Close,
 }
 
@@ -456,21 +458,19 @@ impl Proxy {
                 Err(reject) => {
                     let _ = ex.answered();
                     let own = match reject {
-                        Reject::QueueFull => {
-                            // Told to retry in a second: it will not be
-                            // read sooner (client.rs), so that refusing is
-                            // not a loop that starves the queue's service.
-                            client.shed = true;
-                            busy(false)
-                        }
+                        Reject::QueueFull => busy(false),
                         Reject::QueueTimeout => {
                             Own::text(504, "Gateway Timeout", "Queue timeout", false)
                         }
                     };
                     // An unread body cannot be skipped: the connection ends.
-                    return client
+                    let next = client
                         .reply(&self.log, head, own, close || has_body, received)
                         .await;
+                    return match (reject, next) {
+                        (Reject::QueueFull, Next::KeepAlive) => Next::Shed,
+                        _ => next,
+                    };
                 }
             };
             if std::mem::take(&mut first_lease) {
