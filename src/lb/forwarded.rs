@@ -118,6 +118,9 @@ pub fn put_fields<'h>(
             .map(|f| f.value)
     };
     let client = hop.client.map(plain_ip);
+    // Formatted once: it goes into X-Forwarded-For and (mostly) X-Real-IP.
+    let mut client_buf = [0; TEXT];
+    let client_text = client.map(|ip| text(&mut client_buf, ip));
 
     // X-Forwarded-For: the trusted chain, then the peer.
     let mut chain = given(Claim::For).peekable();
@@ -131,31 +134,32 @@ pub fn put_fields<'h>(
             out.extend_from_slice(value);
             first = false;
         }
-        if let Some(ip) = client {
+        if let Some(ip) = client_text {
             if !first {
                 out.extend_from_slice(b", ");
             }
-            let _ = write!(out, "{ip}");
+            out.extend_from_slice(ip);
         }
         out.extend_from_slice(b"\r\n");
     }
     let proto: &[u8] = if hop.https { b"https" } else { b"http" };
     put_joined(out, b"x-forwarded-proto", given(Claim::Proto), Some(proto));
     put_joined(out, b"x-forwarded-host", given(Claim::Host), Some(host));
-    let mut port = [0u8; 5];
-    let port = hop.port.map(|p| {
-        let mut w = &mut port[..];
-        let _ = write!(w, "{p}");
-        let n = 5 - w.len();
-        &port[..n]
-    });
+    let mut port_buf = [0; TEXT];
+    let port = hop.port.map(|p| text(&mut port_buf, p));
     put_joined(out, b"x-forwarded-port", given(Claim::Port), port);
-    let real = match trusted {
-        Some(proxies) => real_ip(given(Claim::For), given(Claim::RealIp), client, proxies),
-        None => client,
-    };
-    if let Some(ip) = real {
-        let _ = write!(out, "x-real-ip: {ip}\r\n");
+    match trusted {
+        None => {
+            if let Some(ip) = client_text {
+                put_line(out, b"x-real-ip", ip);
+            }
+        }
+        Some(proxies) => {
+            let real = real_ip(given(Claim::For), given(Claim::RealIp), client, proxies);
+            if let Some(ip) = real {
+                let _ = write!(out, "x-real-ip: {ip}\r\n");
+            }
+        }
     }
     let mut ids = given(Claim::RequestId);
     let kept = match (ids.next(), ids.next()) {
@@ -175,6 +179,17 @@ pub fn put_fields<'h>(
         None => {}
     }
     kept
+}
+
+/// Room for an address (IPv6: 45 characters at most) or a number as text.
+const TEXT: usize = 48;
+
+/// `value` as text in `buf`.
+fn text(buf: &mut [u8; TEXT], value: impl std::fmt::Display) -> &[u8] {
+    let mut rest = &mut buf[..];
+    let _ = write!(rest, "{value}");
+    let n = TEXT - rest.len();
+    &buf[..n]
 }
 
 fn put_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
