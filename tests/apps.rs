@@ -331,3 +331,70 @@ fn a_failing_response_stream_is_logged_with_the_apps_stack() {
         assert_eq!(server.get("/ok").text(), "fine", "{name}");
     }
 }
+
+/// The loader's socket is private from the moment it exists (the worker
+/// makes it private too, but only once the app is ready), while the app
+/// itself keeps the umask it was started with. The loader runs alone here,
+/// as a worker starts it.
+fn loader_socket_is_private_from_the_start(runtime_name: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = runtime(runtime_name);
+    let dir = socket_dir();
+    let app = dir.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    // The app creates a file as it is imported.
+    write_app(
+        &app,
+        "index.js",
+        "import fs from 'node:fs';\nfs.writeFileSync('made-by-app', 'x');\nexport default { fetch() { return new Response('ok'); } };\n",
+        false,
+    );
+    let socket = dir.path().join("app.sock");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 022; exec \"$0\" \"$1\"")
+        .arg(&bin)
+        .arg(repo().join("src/apps/loader.mjs"))
+        .current_dir(&app)
+        .env("RIP_SOCKET", &socket)
+        .env("RIP_ENTRY", app.join("index.js"))
+        .env("RIP_HOT_RELOAD", "none")
+        .spawn()
+        .unwrap();
+    let _stop = StopOnDrop(vec![child.id()]);
+    let mode = eventually("the loader's socket", || {
+        let meta = std::fs::symlink_metadata(&socket).ok()?;
+        Some(meta.permissions().mode() & 0o777)
+    });
+    assert_eq!(
+        mode, 0o600,
+        "{runtime_name}: socket mode {mode:o} when first seen"
+    );
+    let ready = eventually("the app ready", || {
+        let r = unix_request(&socket, "GET", "/ready").ok()?;
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(ready.text(), "ok");
+    let made = std::fs::metadata(app.join("made-by-app")).unwrap();
+    assert_eq!(
+        made.permissions().mode() & 0o777,
+        0o644,
+        "{runtime_name}: the app's own files follow its umask"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success(), "{runtime_name}");
+}
+
+#[test]
+fn the_loaders_socket_is_private_from_the_start_under_bun() {
+    loader_socket_is_private_from_the_start("bun");
+}
+
+#[test]
+fn the_loaders_socket_is_private_from_the_start_under_node() {
+    loader_socket_is_private_from_the_start("node");
+}
