@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::apps::App;
 use crate::config::Config;
 pub use crate::flags::Options;
+use crate::listeners::Fds;
 use crate::stop::StopTarget;
 
 const LONG_ABOUT: &str = "\
@@ -32,6 +33,7 @@ executable that serves HTTP/1.1 on the unix socket named in $RIP_SOCKET, or
 const AFTER_HELP: &str = "\
 Tokens after APP come in any order:
   http:<port>    public HTTP port; http:0 picks a free one [env: PORT] [default: 5002]
+  https:<port>   public HTTPS port, with --cert and --key (HTTP then only if http: is given too)
   w:<N|auto>     worker count; auto = CPU cores [default: auto]
   r:<N>          requests a worker serves before it is recycled; 0 = never [default: 10000]
 
@@ -39,6 +41,7 @@ Examples:
   rip-server examples/hello http:3000 w:2
   rip-server examples/python http:0 w:4 --no-access-log
   rip-server builtin:hello http:8080
+  rip-server examples/hello http:80 https:443 --cert=fullchain.pem --key=privkey.pem
   rip-server --stop examples/hello";
 
 #[derive(Parser, Debug)]
@@ -74,14 +77,11 @@ struct RoleCli {
 enum Role {
     /// Supervises the load balancer and the workers
     Manager {
-        #[arg(long)]
-        listen_fd: RawFd,
+        #[command(flatten)]
+        fds: FdArgs,
         /// The locked pid file (see `paths::PidFile`).
         #[arg(long)]
         pid_fd: RawFd,
-        /// The `--status-bind` listener.
-        #[arg(long)]
-        status_fd: Option<RawFd>,
         #[command(flatten)]
         app: ResolvedApp,
         #[command(flatten)]
@@ -90,13 +90,10 @@ enum Role {
     },
     /// The public HTTP server and load balancer
     Lb {
-        #[arg(long)]
-        listen_fd: RawFd,
+        #[command(flatten)]
+        fds: FdArgs,
         #[arg(long)]
         link_fd: RawFd,
-        /// The `--status-bind` listener.
-        #[arg(long)]
-        status_fd: Option<RawFd>,
         #[command(flatten)]
         app: ResolvedApp,
         #[command(flatten)]
@@ -114,6 +111,30 @@ enum Role {
         options: Options,
         args: Vec<String>,
     },
+}
+
+/// The listeners a role inherits (`listeners::Fds::args`).
+#[derive(Args, Debug)]
+struct FdArgs {
+    /// The public HTTP listener.
+    #[arg(long)]
+    listen_fd: Option<RawFd>,
+    /// The public HTTPS listener.
+    #[arg(long)]
+    https_fd: Option<RawFd>,
+    /// The `--status-bind` listener.
+    #[arg(long)]
+    status_fd: Option<RawFd>,
+}
+
+impl FdArgs {
+    fn fds(&self) -> Fds {
+        Fds {
+            http: self.listen_fd,
+            https: self.https_fd,
+            status: self.status_fd,
+        }
+    }
 }
 
 /// The app as the front resolved it (`App::resolved_args`): the roles take
@@ -137,15 +158,13 @@ pub enum Invocation {
     Stop(StopTarget),
     Manager {
         config: Config,
-        listen_fd: RawFd,
+        fds: Fds,
         pid_fd: RawFd,
-        status_fd: Option<RawFd>,
     },
     Lb {
         config: Config,
-        listen_fd: RawFd,
+        fds: Fds,
         link_fd: RawFd,
-        status_fd: Option<RawFd>,
     },
     Worker {
         config: Config,
@@ -175,30 +194,26 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
         let cli = RoleCli::try_parse_from(argv).map_err(clap_outcome)?;
         return Ok(match cli.role {
             Role::Manager {
-                listen_fd,
+                fds,
                 pid_fd,
-                status_fd,
                 app,
                 options,
                 args,
             } => Invocation::Manager {
                 config: role_config(&app, &options, &args)?,
-                listen_fd,
+                fds: fds.fds(),
                 pid_fd,
-                status_fd,
             },
             Role::Lb {
-                listen_fd,
+                fds,
                 link_fd,
-                status_fd,
                 app,
                 options,
                 args,
             } => Invocation::Lb {
                 config: role_config(&app, &options, &args)?,
-                listen_fd,
+                fds: fds.fds(),
                 link_fd,
-                status_fd,
             },
             Role::Worker {
                 id,
@@ -312,8 +327,27 @@ mod tests {
     fn tokens_come_in_any_order() {
         let a = start(&["builtin:hello", "http:0", "w:3", "r:7"]);
         let b = start(&["builtin:hello", "r:7", "w:3", "http:0"]);
-        assert_eq!((a.port, a.workers, a.max_requests), (0, 3, 7));
+        assert_eq!((a.port, a.workers, a.max_requests), (Some(0), 3, 7));
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn https_alone_opens_no_http_port_and_needs_its_certificate() {
+        let alone = start(&["builtin:hello", "https:0", "--cert=c.pem", "--key=k.pem"]);
+        assert_eq!(alone.port, None);
+        assert_eq!(alone.https.as_ref().map(|h| h.port), Some(0));
+        let both = start(&[
+            "builtin:hello",
+            "http:8080",
+            "https:0",
+            "--cert=c.pem",
+            "--key=k.pem",
+        ]);
+        assert_eq!(both.port, Some(8080));
+        assert!(usage(&["builtin:hello", "https:0"]).contains("--cert"));
+        assert!(usage(&["builtin:hello", "https:0", "--cert=c.pem"]).contains("--key"));
+        assert!(usage(&["builtin:hello", "--key=k.pem"]).contains("https:<port>"));
+        assert!(usage(&["builtin:hello", "https:x"]).contains("https:x"));
     }
 
     #[test]
@@ -346,7 +380,12 @@ mod tests {
             "--queue-timeout-ms=123",
             "--socket-dir=/tmp",
             "--socket-prefix=rip_test_x",
+            "https:0",
+            "--cert=site.pem",
+            "--key=/etc/site.key",
         ]);
+        let https = config.https.as_ref().expect("https");
+        assert!(https.pair.cert.is_absolute() && https.pair.cert.ends_with("site.pem"));
         let role = [
             "worker".to_string(),
             "4".to_string(),
@@ -373,6 +412,8 @@ mod tests {
             Err(ParseOutcome::Exit(text, 0)) => {
                 for needle in [
                     "http:<port>",
+                    "https:<port>",
+                    "--cert",
                     "w:<N|auto>",
                     "r:<N>",
                     "--socket-dir",

@@ -27,7 +27,10 @@ pub enum AccessLog {
 pub struct Config {
     pub app: App,
     pub bind: IpAddr,
-    pub port: u16,
+    /// The HTTP listener's port (None: HTTPS only).
+    pub port: Option<u16>,
+    /// The HTTPS listener, if there is one.
+    pub https: Option<Https>,
     pub workers: usize,
     /// Requests a worker serves before it is recycled; 0 = never.
     pub max_requests: u64,
@@ -89,6 +92,13 @@ pub struct Config {
 
 pub use crate::apps::Env;
 
+/// The HTTPS listener (`https:<port>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Https {
+    pub port: u16,
+    pub pair: crate::certs::Pair,
+}
+
 const DEFAULT_PORT: u16 = 5002;
 const DEFAULT_MAX_REQUESTS: u64 = 10_000;
 
@@ -97,6 +107,7 @@ const DEFAULT_MAX_REQUESTS: u64 = 10_000;
 struct Tokens {
     app: Option<String>,
     port: Option<u16>,
+    https_port: Option<u16>,
     workers: Option<usize>,
     max_requests: Option<u64>,
 }
@@ -105,7 +116,9 @@ impl Tokens {
     fn parse(args: &[String]) -> Result<Tokens, String> {
         let mut tokens = Tokens::default();
         for arg in args {
-            if let Some(port) = arg.strip_prefix("http:") {
+            if let Some(port) = arg.strip_prefix("https:") {
+                tokens.https_port = Some(parse_port(port).map_err(|why| format!("{arg}: {why}"))?);
+            } else if let Some(port) = arg.strip_prefix("http:") {
                 tokens.port = Some(parse_port(port).map_err(|why| format!("{arg}: {why}"))?);
             } else if let Some(n) = arg.strip_prefix("w:") {
                 tokens.workers = Some(if n == "auto" {
@@ -127,7 +140,7 @@ impl Tokens {
                 tokens.app = Some(arg.clone());
             } else {
                 return Err(format!(
-                    "unexpected argument '{arg}' (tokens are http:<port>, w:<N|auto>, r:<N>)"
+                    "unexpected argument '{arg}' (tokens are http:<port>, https:<port>, w:<N|auto>, r:<N>)"
                 ));
             }
         }
@@ -163,12 +176,32 @@ impl Config {
             Some(app) => app,
             None => App::resolve(&app_arg, &options.runtime, env)?,
         };
-        let port = match tokens.port {
-            Some(port) => port,
-            None => match env("PORT") {
+        // HTTP on its default port unless only HTTPS is asked for.
+        let port = match (tokens.port, tokens.https_port) {
+            (Some(port), _) => Some(port),
+            (None, Some(_)) => None,
+            (None, None) => Some(match env("PORT") {
                 Some(text) => parse_port(&text).map_err(|why| format!("PORT={text}: {why}"))?,
                 None => DEFAULT_PORT,
-            },
+            }),
+        };
+        let https = match (tokens.https_port, &options.cert, &options.key) {
+            (Some(port), Some(cert), Some(key)) => Some(Https {
+                port,
+                pair: crate::certs::Pair {
+                    cert: absolute(cert)?,
+                    key: absolute(key)?,
+                },
+            }),
+            (Some(port), _, _) => {
+                return Err(format!(
+                    "https:{port} needs a certificate: --cert=<pem> --key=<pem>"
+                ))
+            }
+            (None, Some(_), _) | (None, _, Some(_)) => {
+                return Err("--cert and --key need an https:<port> listener".to_string())
+            }
+            (None, None, None) => None,
         };
         let hot_reload = options
             .hot_reload
@@ -201,6 +234,7 @@ impl Config {
             app,
             bind: options.bind,
             port,
+            https,
             workers: tokens.workers.unwrap_or_else(cpu_count),
             max_requests: tokens.max_requests.unwrap_or(DEFAULT_MAX_REQUESTS),
             max_requests_jitter: options.max_requests_jitter,
@@ -245,7 +279,6 @@ impl Config {
         let ms = |d: Duration| d.as_millis().to_string();
         let mut args = vec![
             self.app.arg(),
-            format!("http:{}", self.port),
             format!("w:{}", self.workers),
             format!("r:{}", self.max_requests),
             format!("--max-requests-jitter={}", self.max_requests_jitter),
@@ -282,6 +315,14 @@ impl Config {
             format!("--socket-dir={}", self.paths.dir().display()),
             format!("--runtime={}", self.app.runtime_arg()),
         ];
+        if let Some(port) = self.port {
+            args.push(format!("http:{port}"));
+        }
+        if let Some(https) = &self.https {
+            args.push(format!("https:{}", https.port));
+            args.push(format!("--cert={}", https.pair.cert.display()));
+            args.push(format!("--key={}", https.pair.key.display()));
+        }
         if let Some(n) = self.max_tunnels {
             args.push(format!("--max-tunnels={n}"));
         }
@@ -304,6 +345,11 @@ impl Config {
         }
         args
     }
+}
+
+/// `path` made absolute (the roles run in the app's directory).
+fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `module` in development (NODE_ENV/RIP_ENV unset, `development` or `dev`), else `none`.

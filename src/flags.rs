@@ -352,6 +352,14 @@ pub struct Options {
     #[arg(long, env = "RIP_STATUS_PATH", value_name = "PATH|none", default_value = "/status", value_parser = parse_route)]
     pub status_path: Route,
 
+    /// The certificate (PEM, its chain after it) served on the https:<port> listener
+    #[arg(long, env = "RIP_CERT", value_name = "PEM")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --cert
+    #[arg(long, env = "RIP_KEY", value_name = "PEM")]
+    pub key: Option<std::path::PathBuf>,
+
     /// Answer the status route on this address only (e.g. 127.0.0.1:9000), not on the public port, where the app then gets it
     #[arg(long, env = "RIP_STATUS_BIND", value_name = "ADDR:PORT", value_parser = parse_status_bind)]
     pub status_bind: Option<std::net::SocketAddr>,

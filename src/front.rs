@@ -9,7 +9,7 @@
 use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 
@@ -20,6 +20,7 @@ use nix::sys::socket::{
 };
 
 use crate::config::Config;
+use crate::listeners::Listeners;
 use crate::paths::{answers, remove_ours, LockError, Owned, Paths, PidFile};
 use crate::{cli, Failure};
 
@@ -40,30 +41,35 @@ pub fn run(config: Config) -> Result<(), Failure> {
 fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure> {
     refuse_running(&config.paths)?;
     clear_leftovers(&config.paths)?;
-    let listener = bind_public(config.bind, config.port)?;
-    config.port = local_port(&listener)?;
+    // A bad certificate fails here, before anything is bound or started.
+    if let Some(https) = &config.https {
+        crate::certs::load(&https.pair).map_err(Failure::Usage)?;
+    }
+    let mut listeners = Listeners::default();
+    if let Some(port) = config.port {
+        let http = bind_public(config.bind, port)?;
+        config.port = Some(local_port(&http)?);
+        listeners.http = Some(http);
+    }
+    if let Some(https) = &mut config.https {
+        let listener = bind_public(config.bind, https.port)?;
+        https.port = local_port(&listener)?;
+        listeners.https = Some(listener);
+    }
+    if let Some(addr) = config.status_bind {
+        let status = bind_public(addr.ip(), addr.port())?;
+        config.status_bind = Some(SocketAddr::new(addr.ip(), local_port(&status)?));
+        listeners.status = Some(status);
+    }
     // The manager inherits the listeners across exec.
-    pass_on(&listener)?;
-    let status = match config.status_bind {
-        Some(addr) => {
-            let status = bind_public(addr.ip(), addr.port())?;
-            config.status_bind = Some(SocketAddr::new(addr.ip(), local_port(&status)?));
-            pass_on(&status)?;
-            Some(status)
-        }
-        None => None,
-    };
+    listeners
+        .set_cloexec(false)
+        .map_err(|e| Failure::fatal(format!("cannot pass the listeners on: {e}")))?;
     let pid_fd = pid_file
         .pass_on()
         .map_err(|e| Failure::fatal(format!("cannot pass the pid file on: {e}")))?;
-    let mut role = vec![
-        "manager".to_string(),
-        format!("--listen-fd={}", listener.as_raw_fd()),
-        format!("--pid-fd={pid_fd}"),
-    ];
-    if let Some(status) = &status {
-        role.push(format!("--status-fd={}", status.as_raw_fd()));
-    }
+    let mut role = vec!["manager".to_string(), format!("--pid-fd={pid_fd}")];
+    role.extend(listeners.fds().args());
     // exec replaces the process: what it logged goes out first.
     crate::output::flush(std::time::Duration::from_millis(500));
     let err = std::process::Command::new("/proc/self/exe")
@@ -71,16 +77,6 @@ fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure>
         .args(cli::role_args(&role, &config))
         .exec();
     Err(Failure::fatal(format!("cannot start the manager: {err}")))
-}
-
-/// Lets a listener survive the exec into the manager.
-fn pass_on(listener: &OwnedFd) -> Result<(), Failure> {
-    nix::fcntl::fcntl(
-        listener.as_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .map(drop)
-    .map_err(|e| Failure::fatal(format!("cannot pass the listener on: {e}")))
 }
 
 /// Creates the socket dir (mode 0700) if it is missing.

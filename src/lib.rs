@@ -24,6 +24,7 @@
 //!   stops the server.
 
 pub mod apps;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -32,6 +33,7 @@ pub mod front;
 pub mod http;
 pub mod lb;
 pub mod link;
+pub mod listeners;
 pub mod manager;
 pub mod output;
 pub mod paths;
@@ -75,16 +77,14 @@ fn run_role(argv: Vec<OsString>) -> ExitCode {
         cli::Invocation::Stop(target) => stop::run(target),
         cli::Invocation::Manager {
             config,
-            listen_fd,
+            fds,
             pid_fd,
-            status_fd,
-        } => manager::run(config, listen_fd, pid_fd, status_fd),
+        } => manager::run(config, fds, pid_fd),
         cli::Invocation::Lb {
             config,
-            listen_fd,
+            fds,
             link_fd,
-            status_fd,
-        } => lb::run(config, listen_fd, link_fd, status_fd),
+        } => lb::run(config, fds, link_fd),
         cli::Invocation::Worker {
             config,
             id,

@@ -14,9 +14,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::conn::Conn;
 use super::forwarded::{Hop, RequestId};
 use super::http1::{self, HeadError, Own, RequestHead};
-use super::io::{Socket, HEAD_CHUNK};
+use super::io::HEAD_CHUNK;
 use super::proxy::{Client, Next};
 use super::Lb;
 use crate::flags::TrustedProxies;
@@ -41,7 +42,7 @@ pub enum Listener {
 
 pub(super) async fn serve(
     lb: Arc<Lb>,
-    socket: Socket,
+    socket: Conn,
     peer: SocketAddr,
     local: SocketAddr,
     mut stop: watch::Receiver<bool>,
@@ -163,7 +164,7 @@ async fn read_head(
                 hop: Hop {
                     client: client.peer,
                     trusted: client.trusted.then_some(reading.proxies),
-                    https: false,
+                    https: client.https,
                     port: client.port,
                     request_id: client.request_id.as_bytes(),
                     received_us: micros_since_epoch(),

@@ -21,6 +21,7 @@ pub mod balancer;
 pub mod body;
 pub mod chunked;
 pub mod client;
+pub mod conn;
 pub mod control;
 pub mod exchange;
 pub mod forwarded;
@@ -30,6 +31,7 @@ mod memory;
 pub mod pool;
 pub mod proxy;
 pub mod spool;
+pub mod tls;
 pub mod upstream;
 
 use std::os::fd::{FromRawFd, RawFd};
@@ -46,12 +48,14 @@ use tracing::{error, warn};
 
 use crate::config::Config;
 use crate::link::{self, LinkMsg};
+use crate::listeners::Fds;
 use crate::paths::{remove_ours, Owned};
 use crate::Failure;
 
 use access_log::AccessLog;
 use balancer::Balancer;
 use client::OwnRoute;
+use conn::Conn;
 use http1::RequestHead;
 use proxy::Proxy;
 
@@ -59,12 +63,7 @@ use proxy::Proxy;
 /// `--status-path` gives none.
 pub const DEFAULT_STATUS_PATH: &str = "/status";
 
-pub fn run(
-    config: Config,
-    listen_fd: RawFd,
-    link_fd: RawFd,
-    status_fd: Option<RawFd>,
-) -> Result<(), Failure> {
+pub fn run(config: Config, fds: Fds, link_fd: RawFd) -> Result<(), Failure> {
     let descriptors = raise_open_files_limit();
     // One thread by default: on 2 cores shared with the apps (and a load
     // generator), a second runtime thread costs more in cross-thread
@@ -83,7 +82,7 @@ pub fn run(
     // Past this many clients the LB stops accepting (the rest wait in the
     // kernel's backlog) rather than run out of descriptors it needs itself.
     let max_clients = descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(16) as usize;
-    runtime.block_on(serve(config, listen_fd, link_fd, status_fd, max_clients))
+    runtime.block_on(serve(config, fds, link_fd, max_clients))
 }
 
 /// Thousands of client connections need thousands of descriptors: take the
@@ -119,16 +118,16 @@ struct Lb {
     /// on the public one.
     status_apart: bool,
     app: String,
-    port: u16,
+    /// `{"http": <port>, "https": <port>}`, for `/status`.
+    ports: serde_json::Value,
     workers: usize,
     started: Instant,
 }
 
 async fn serve(
     config: Config,
-    listen_fd: RawFd,
+    fds: Fds,
     link_fd: RawFd,
-    status_fd: Option<RawFd>,
     max_clients: usize,
 ) -> Result<(), Failure> {
     let listen = |fd: RawFd| {
@@ -137,8 +136,12 @@ async fn serve(
         io::Listener::new(listener)
             .map_err(|e| Failure::fatal(format!("bad listener fd {fd}: {e}")))
     };
-    let listener = listen(listen_fd)?;
-    let status_listener = status_fd.map(listen).transpose()?;
+    let listener = fds.http.map(listen).transpose()?;
+    let https = match (fds.https, &config.https) {
+        (Some(fd), Some(https)) => Some((listen(fd)?, tls_config(&https.pair)?)),
+        _ => None,
+    };
+    let status_listener = fds.status.map(listen).transpose()?;
     // SAFETY: as above.
     let (mut from_manager, mut to_manager) = unsafe { link::from_raw_fd(link_fd) }
         .map_err(|e| Failure::fatal(format!("bad link fd {link_fd}: {e}")))?;
@@ -200,7 +203,7 @@ async fn serve(
         health_path: config.health_path.clone(),
         status_apart: config.status_bind.is_some(),
         app: config.app.name.clone(),
-        port: config.port,
+        ports: ports(&config),
         workers: config.workers,
         started: Instant::now(),
     });
@@ -255,9 +258,14 @@ async fn serve(
     }
     loop {
         tokio::select! {
-            accepted = async {
+            (accepted, tls) = async {
                 memory.room_for(max_clients).await;
-                listener.accept().await
+                tokio::select! {
+                    accepted = accept(listener.as_ref()) => (accepted, None),
+                    accepted = accept(https.as_ref().map(|(l, _)| l)) => {
+                        (accepted, https.as_ref().map(|(_, c)| c.clone()))
+                    }
+                }
             } => {
                 let (stream, peer, local) = match accepted {
                     Ok(accepted) => accepted,
@@ -271,7 +279,20 @@ async fn serve(
                 let open = memory.open();
                 let (lb, stop) = (lb.clone(), stop.clone());
                 tokio::spawn(async move {
-                    client::serve(lb, stream, peer, local, stop, client::Listener::Public).await;
+                    let conn = match tls {
+                        None => stream.into(),
+                        Some(tls) => {
+                            let deadline = Instant::now() + lb.timeouts.header;
+                            match tls::accept(stream, tls, deadline).await {
+                                Ok(tls) => Conn::Tls(Box::new(tls)),
+                                Err(refused) => {
+                                    tracing::debug!("TLS handshake with {peer}: {refused:?}");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    client::serve(lb, conn, peer, local, stop, client::Listener::Public).await;
                     drop(open);
                 });
             }
@@ -284,6 +305,7 @@ async fn serve(
     }
     // Stop accepting; finish what is in flight and queued, close the idle.
     drop(listener);
+    drop(https);
     let _ = stop_tx.send(true);
     if !memory.wait_closed(config.shutdown_timeout).await {
         warn!("requests still in flight after the shutdown timeout; closing them");
@@ -293,6 +315,43 @@ async fn serve(
         warn!("{why}");
     }
     Ok(())
+}
+
+/// The ports the server listens on, by protocol.
+fn ports(config: &Config) -> serde_json::Value {
+    let mut ports = serde_json::Map::new();
+    if let Some(port) = config.port {
+        ports.insert("http".into(), port.into());
+    }
+    if let Some(https) = &config.https {
+        ports.insert("https".into(), https.port.into());
+    }
+    ports.into()
+}
+
+/// The next connection on `listener`; never, if there is none.
+async fn accept(
+    listener: Option<&io::Listener>,
+) -> std::io::Result<(io::Socket, std::net::SocketAddr, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The TLS settings of the HTTPS listener: TLS 1.2 and 1.3, ALPN
+/// `http/1.1`, resumption by tickets and by session id.
+fn tls_config(pair: &crate::certs::Pair) -> Result<Arc<rustls::ServerConfig>, Failure> {
+    let loaded = crate::certs::load(pair).map_err(Failure::fatal)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::certs::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::fatal(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(tls::Certs::new(loaded.key)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| Failure::fatal(format!("TLS tickets: {e}")))?;
+    Ok(Arc::new(config))
 }
 
 /// The `--status-bind` listener: the LB's own routes and nothing else, a
@@ -317,7 +376,15 @@ async fn serve_status(
             Ok((stream, peer, local)) => {
                 let (lb, stop) = (lb.clone(), stop.clone());
                 tokio::spawn(async move {
-                    client::serve(lb, stream, peer, local, stop, client::Listener::Status).await;
+                    client::serve(
+                        lb,
+                        stream.into(),
+                        peer,
+                        local,
+                        stop,
+                        client::Listener::Status,
+                    )
+                    .await;
                     drop(permit);
                 });
             }
@@ -399,7 +466,7 @@ impl Lb {
             "idle": stats.idle,
             "busy": stats.busy,
             "queued": stats.queued,
-            "ports": { "http": self.port },
+            "ports": self.ports,
             "uptime": self.started.elapsed().as_secs(),
         });
         if let Some(error) = error {

@@ -20,6 +20,7 @@ use super::access_log::{AccessLog, Entry};
 use super::backlog::Backlog;
 use super::balancer::{Balancer, Reject};
 use super::body::{BodyError, Output, Relayer, RequestBody};
+use super::conn::Conn;
 use super::exchange::{Exchange, Limits, Phase, Then};
 use super::forwarded::RequestId;
 use super::http1::{self, DateCache, Framing, Own, Parsed, RequestHead};
@@ -141,8 +142,10 @@ impl Drop for TunnelSlot<'_> {
 
 /// One client connection's state, kept between its requests.
 pub struct Client {
-    pub socket: Socket,
+    pub socket: Conn,
     pub peer: Option<IpAddr>,
+    /// The client came over TLS.
+    pub https: bool,
     /// Bytes read from the client; the current request's body (after its
     /// head has been parsed and dropped) comes first.
     pub buf: Vec<u8>,
@@ -172,8 +175,9 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(socket: Socket, peer: Option<IpAddr>, host: String, spools: Spools) -> Client {
+    pub fn new(socket: Conn, peer: Option<IpAddr>, host: String, spools: Spools) -> Client {
         Client {
+            https: socket.is_tls(),
             socket,
             peer,
             port: None,
@@ -959,7 +963,7 @@ async fn send_held(
 
 /// Copies bytes both ways between a client and an app until either side
 /// closes; returns the bytes that went from the app to the client.
-async fn tunnel(client: &Socket, upstream: &Socket, up: &mut Vec<u8>, down: &mut Vec<u8>) -> u64 {
+async fn tunnel(client: &Conn, upstream: &Socket, up: &mut Vec<u8>, down: &mut Vec<u8>) -> u64 {
     let mut bytes = 0u64;
     let to_app = async {
         loop {
@@ -1020,7 +1024,7 @@ struct Paces {
 /// through the worker's `body_buf`. What the client sent past the body (a
 /// pipelined request) ends up in `client_buf`, where its next head is read.
 async fn pump(
-    client: &Socket,
+    client: &Conn,
     client_buf: &mut Vec<u8>,
     body_buf: &mut Vec<u8>,
     out: &mut Output,
@@ -1055,7 +1059,7 @@ async fn pump(
 /// bounds leave no room, or not buffering — at the client's pace. Whether
 /// the client is still there (if not, what waited for it is dropped).
 async fn deliver<'a, I>(
-    client: &Socket,
+    client: &Conn,
     backlog: &mut Backlog,
     buffer: bool,
     shape: Shape,
@@ -1072,7 +1076,7 @@ where
 }
 
 async fn send_or_keep<'a, I>(
-    client: &Socket,
+    client: &Conn,
     backlog: &mut Backlog,
     buffer: bool,
     shape: Shape,
@@ -1150,7 +1154,7 @@ fn warn_full_buffers() {
 }
 
 /// Sends what the client takes of the backlog now, without waiting.
-fn flush_ready(client: &Socket, backlog: &mut Backlog) -> std::io::Result<()> {
+fn flush_ready(client: &Conn, backlog: &mut Backlog) -> std::io::Result<()> {
     loop {
         let front = backlog.front()?;
         if front.is_empty() {
@@ -1165,7 +1169,7 @@ fn flush_ready(client: &Socket, backlog: &mut Backlog) -> std::io::Result<()> {
 }
 
 /// Sends all of the backlog at the client's pace; whether it went.
-async fn flush(client: &Socket, backlog: &mut Backlog, timeout: Duration) -> bool {
+async fn flush(client: &Conn, backlog: &mut Backlog, timeout: Duration) -> bool {
     loop {
         let Ok(front) = backlog.front() else {
             return false;
@@ -1216,7 +1220,7 @@ struct Shape {
 #[allow(clippy::too_many_arguments)] // the halves of two borrowed connections
 async fn respond(
     ex: &Exchange<Upstream>,
-    client: &Socket,
+    client: &Conn,
     resp_head: &mut Vec<u8>,
     date: &mut DateCache,
     upstream: &Socket,

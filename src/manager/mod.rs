@@ -13,41 +13,32 @@
 mod supervisor;
 pub mod watch;
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
 use crate::config::Config;
+use crate::listeners::{Fds, Listeners};
 use crate::paths::PidFile;
-use crate::{spawn, Failure};
+use crate::Failure;
 
 pub use supervisor::Backoff;
 
-pub fn run(
-    config: Config,
-    listen_fd: RawFd,
-    pid_fd: RawFd,
-    status_fd: Option<RawFd>,
-) -> Result<(), Failure> {
+pub fn run(config: Config, fds: Fds, pid_fd: RawFd) -> Result<(), Failure> {
     // SAFETY: the front passed the locked pid file across exec as `pid_fd`.
     let pid_file = unsafe { PidFile::inherit(pid_fd, &config.paths.pid()) }
         .map_err(|e| Failure::fatal(format!("bad pid file fd {pid_fd}: {e}")))?;
-    // SAFETY: the front passed this listening socket across exec; nothing
-    // else in this process owns it.
-    let listener = unsafe { OwnedFd::from_raw_fd(listen_fd) };
-    // Keep it for LB restarts, but out of the workers and apps.
-    spawn::set_cloexec(listener.as_fd())
-        .map_err(|e| Failure::fatal(format!("bad listener fd {listen_fd}: {e}")))?;
-    // SAFETY: as above, for the `--status-bind` listener.
-    let status = status_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-    if let (Some(status), Some(fd)) = (&status, status_fd) {
-        spawn::set_cloexec(status.as_fd())
-            .map_err(|e| Failure::fatal(format!("bad listener fd {fd}: {e}")))?;
-    }
+    // SAFETY: the front passed these listening sockets across exec; nothing
+    // else in this process owns them.
+    let listeners = unsafe { Listeners::adopt(fds) };
+    // Keep them for LB restarts, but out of the workers and apps.
+    listeners
+        .set_cloexec(true)
+        .map_err(|e| Failure::fatal(format!("bad listener fds {fds:?}: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        supervisor::Supervisor::start(config, listener, status, pid_file)?
+        supervisor::Supervisor::start(config, listeners, pid_file)?
             .run()
             .await
     })

@@ -1,7 +1,7 @@
 //! The manager's event loop: processes, their lifecycles, and the stop.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use crate::apps::{AppKind, LOADER};
 use crate::config::{Config, HotReload};
 use crate::control::WorkerId;
 use crate::link::{self, LinkMsg};
+use crate::listeners::Listeners;
 use crate::paths::{answers, remove_ours, Owned, PidFile};
 use crate::{cli, front, lb, spawn, Failure};
 
@@ -151,9 +152,8 @@ enum Event {
 
 pub struct Supervisor {
     config: Config,
-    listener: OwnedFd,
-    /// The `--status-bind` listener, kept for LB restarts too.
-    status_listener: Option<OwnedFd>,
+    /// The public (and `--status-bind`) listeners, kept for LB restarts.
+    listeners: Listeners,
     /// Held (locked) until the manager exits: a server runs here.
     pid_file: PidFile,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -185,8 +185,7 @@ impl Supervisor {
     /// and the workers. (The front wrote and locked the pid file.)
     pub fn start(
         config: Config,
-        listener: OwnedFd,
-        status_listener: Option<OwnedFd>,
+        listeners: Listeners,
         pid_file: PidFile,
     ) -> Result<Supervisor, Failure> {
         let paths = &config.paths;
@@ -199,8 +198,7 @@ impl Supervisor {
         let slots = (0..config.workers).map(|_| Slot::default()).collect();
         let mut supervisor = Supervisor {
             config,
-            listener,
-            status_listener,
+            listeners,
             pid_file,
             events_tx,
             events,
@@ -245,11 +243,20 @@ impl Supervisor {
             ),
             (None, _) => String::new(),
         };
+        let urls: Vec<String> = [
+            c.port.map(|port| format!("http://{host}:{port}")),
+            c.https
+                .as_ref()
+                .map(|https| format!("https://{host}:{}", https.port)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let line = format!(
-            "rip-server: {what} {} ({}) on http://{host}:{} with {} worker{plural} (pid {}){status}",
+            "rip-server: {what} {} ({}) on {} with {} worker{plural} (pid {}){status}",
             c.app.name,
             c.app.describe(),
-            c.port,
+            urls.join(" and "),
             c.workers,
             std::process::id()
         );
@@ -737,16 +744,14 @@ impl Supervisor {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| Failure::fatal(format!("cannot create the LB link: {e}")))?;
+        let fds = self.listeners.fds();
         let mut role = vec![
             "lb".to_string(),
-            format!("--listen-fd={}", self.listener.as_raw_fd()),
             format!("--link-fd={}", theirs.as_raw_fd()),
         ];
-        let mut keep = vec![self.listener.as_raw_fd(), theirs.as_raw_fd()];
-        if let Some(status) = &self.status_listener {
-            role.push(format!("--status-fd={}", status.as_raw_fd()));
-            keep.push(status.as_raw_fd());
-        }
+        role.extend(fds.args());
+        let mut keep = fds.all();
+        keep.push(theirs.as_raw_fd());
         let mut command = spawn::role(cli::role_args(&role, &self.config), &keep);
         command.stdin(Stdio::null());
         let mut child = command

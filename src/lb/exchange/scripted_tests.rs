@@ -112,7 +112,7 @@ impl Rig {
         let proxy = self.proxy.clone();
         let task = tokio::spawn(async move {
             let socket = Socket::new(OwnedFd::from(lb_end)).unwrap();
-            let mut client = Client::new(socket, None, "lb:80".into(), proxy.spools.clone());
+            let mut client = Client::new(socket.into(), None, "lb:80".into(), proxy.spools.clone());
             let head = loop {
                 client
                     .socket

@@ -1,0 +1,401 @@
+//! HTTPS (issue 15): the `https:<port>` listener with real certificates,
+//! checked with real TLS clients (curl, openssl s_client) — the chain, TLS
+//! 1.2 and 1.3, ALPN, resumption, what the app is told — and the bad input
+//! an HTTPS port gets: plain HTTP, stalled handshakes, old protocols, and
+//! certificate files that cannot be served.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A development CA and a leaf it signed for localhost and 127.0.0.1, made
+/// with the openssl command line: `ca.pem`, `leaf.pem` + `leaf.key`, and
+/// `chain.pem` (the leaf, then the CA).
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=rip-server test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ]);
+        run(&ca);
+        Pki::leaf_in(dir.path(), "leaf", "DNS:localhost,IP:127.0.0.1", &run);
+        Pki::leaf_in(dir.path(), "other", "DNS:other.example", &run);
+        let chain = [
+            std::fs::read_to_string(dir.path().join("leaf.pem")).unwrap(),
+            std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+        ]
+        .concat();
+        std::fs::write(dir.path().join("chain.pem"), chain).unwrap();
+        Pki { dir }
+    }
+
+    fn leaf_in(dir: &Path, name: &str, san: &str, run: &dyn Fn(&[&str])) {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("subjectAltName={san}\n"),
+        )
+        .unwrap();
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        let ext = format!("{name}.ext");
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=localhost",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "30",
+            "-extfile",
+            &ext,
+        ]);
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn flags(&self) -> [String; 2] {
+        [
+            format!("--cert={}", self.path("chain.pem").display()),
+            format!("--key={}", self.path("leaf.key").display()),
+        ]
+    }
+}
+
+/// The HTTPS port from the start-up line (`... and https://0.0.0.0:PORT ...`).
+fn https_port(server: &Server) -> u16 {
+    let text = server.stdout.text();
+    let after = text
+        .split("https://")
+        .nth(1)
+        .expect("an https:// URL in the start-up line");
+    let host_port = after.split_whitespace().next().unwrap();
+    host_port.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+fn start_https(pki: &Pki, extra: &[&str]) -> (Server, u16) {
+    let [cert, key] = pki.flags();
+    let mut args = vec![probe(), "w:1".into(), "https:0".into(), cert, key];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args);
+    server.wait_workers(1);
+    let port = https_port(&server);
+    (server, port)
+}
+
+fn curl(pki: &Pki, port: u16, path: &str, extra: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(pki.path("ca.pem"))
+        .args(extra)
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .expect("curl")
+}
+
+/// `openssl s_client` against the port, with `stdin` sent once connected.
+fn s_client(port: u16, args: &[&str], stdin: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-servername", "localhost", "-ign_eof"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const GET_PING: &[u8] = b"GET /pid HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn https_serves_the_app_beside_http_with_the_chain_alpn_and_both_versions() {
+    let pki = Pki::new();
+    let (server, port) = start_https(&pki, &["http:0"]);
+    let status = server.status().unwrap();
+    assert_eq!(status["ports"]["https"], port, "{status}");
+    assert_eq!(status["ports"]["http"], server.port, "{status}");
+
+    // The app is told the client came over HTTPS, on this port.
+    let got = curl(&pki, port, "/headers", &[]);
+    assert!(
+        got.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let pairs: Vec<(String, String)> = serde_json::from_slice(&got.stdout).unwrap();
+    let value = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(value("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(value("x-forwarded-port"), Some(port.to_string()));
+    // HTTP beside it is still HTTP.
+    let plain = server.get("/headers");
+    let pairs: Vec<(String, String)> = serde_json::from_slice(&plain.body).unwrap();
+    assert!(pairs
+        .iter()
+        .any(|(k, v)| k == "x-forwarded-proto" && v == "http"));
+
+    // A body both ways, larger than a TLS record and than the LB's buffers.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let file = pki.path("body.bin");
+    std::fs::write(&file, &body).unwrap();
+    let echoed = curl(
+        &pki,
+        port,
+        "/echo",
+        &[
+            "--data-binary",
+            &format!("@{}", file.display()),
+            "-H",
+            "Content-Type: application/octet-stream",
+        ],
+    );
+    assert!(
+        echoed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&echoed.stderr)
+    );
+    assert!(
+        echoed.stdout == body,
+        "echo differs ({} bytes back)",
+        echoed.stdout.len()
+    );
+
+    // The whole chain is sent; ALPN picks HTTP/1.1; TLS 1.2 and 1.3 both work.
+    let shown = s_client(port, &["-showcerts", "-alpn", "h2,http/1.1"], GET_PING);
+    assert_eq!(
+        shown.matches("-----BEGIN CERTIFICATE-----").count(),
+        2,
+        "{shown}"
+    );
+    assert!(shown.contains("ALPN protocol: http/1.1"), "{shown}");
+    for (flag, version) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let shown = s_client(port, &[flag], GET_PING);
+        assert!(
+            shown.contains(&format!("Protocol  : {version}"))
+                || shown.contains(&format!("New, {version}")),
+            "{flag}: {shown}"
+        );
+        assert!(shown.contains("HTTP/1.1 200"), "{flag}: {shown}");
+    }
+}
+
+#[test]
+fn a_session_is_resumed_by_ticket() {
+    let pki = Pki::new();
+    let (_server, port) = start_https(&pki, &[]);
+    let session = pki.path("session.pem");
+    let session_arg = session.display().to_string();
+    for (flag, version) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let _ = std::fs::remove_file(&session);
+        let first = s_client(port, &[flag, "-sess_out", &session_arg], GET_PING);
+        assert!(first.contains("HTTP/1.1 200"), "{first}");
+        assert!(session.exists(), "{flag}: no session saved\n{first}");
+        let again = s_client(port, &[flag, "-sess_in", &session_arg], GET_PING);
+        assert!(
+            again.contains(&format!("Reused, {version}")),
+            "{flag}: {again}"
+        );
+    }
+}
+
+#[test]
+fn plain_http_to_the_https_port_gets_a_400_saying_so() {
+    let pki = Pki::new();
+    let (_server, port) = start_https(&pki, &[]);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("The plain HTTP request was sent to HTTPS port; use https://\n"),
+        "{answer}"
+    );
+}
+
+/// Waits (polling) until the server closes `stream`; how long it took
+/// since `start`.
+fn closed_within(stream: &mut TcpStream, start: Instant, limit: Duration) -> Duration {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return start.elapsed(),
+        }
+        assert!(start.elapsed() < limit, "still open after {limit:?}");
+    }
+}
+
+#[test]
+fn a_handshake_that_does_not_finish_in_the_header_timeout_is_cut() {
+    let pki = Pki::new();
+    let (server, port) = start_https(&pki, &["--header-timeout-ms=500"]);
+    // Nothing at all, and the start of a ClientHello that never ends.
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut partial = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    for stream in [&mut silent, &mut partial] {
+        let took = closed_within(stream, start, Duration::from_secs(10));
+        assert!(
+            took >= Duration::from_millis(300),
+            "cut after {took:?}, before the timeout"
+        );
+    }
+    // And the port still serves.
+    assert!(curl(&pki, port, "/pid", &[]).status.success());
+    drop(server);
+}
+
+#[test]
+fn a_client_offering_only_old_protocols_gets_an_alert() {
+    let pki = Pki::new();
+    let (_server, port) = start_https(&pki, &[]);
+    // SECLEVEL=0 lets this OpenSSL offer TLS 1.1 at all.
+    let shown = s_client(
+        port,
+        &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
+        GET_PING,
+    );
+    assert!(!shown.contains("HTTP/1.1 200"), "{shown}");
+    // rustls answers with a handshake_failure alert (40).
+    assert!(shown.contains("SSL alert number 40"), "{shown}");
+}
+
+/// `rip-server <args>` exits 2 with one line, starting nothing.
+fn refused(args: &[&str]) -> String {
+    let dir = socket_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_rip-server"))
+        .args(args)
+        .arg(format!("--socket-dir={}", dir.path().display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{args:?} left {left:?}");
+    stderr
+}
+
+#[test]
+fn certificates_that_cannot_be_served_exit_2_before_anything_starts() {
+    let pki = Pki::new();
+    let app = probe();
+    let cert = |name: &str| format!("--cert={}", pki.path(name).display());
+    let key = |name: &str| format!("--key={}", pki.path(name).display());
+
+    let missing = refused(&[&app, "https:0", &cert("nope.pem"), &key("leaf.key")]);
+    assert!(
+        missing.contains("nope.pem") && missing.contains("cannot read"),
+        "{missing}"
+    );
+    let not_pem = refused(&[&app, "https:0", &cert("leaf.ext"), &key("leaf.key")]);
+    assert!(not_pem.contains("no certificate"), "{not_pem}");
+    let no_key = refused(&[&app, "https:0", &cert("leaf.pem"), &key("leaf.pem")]);
+    assert!(no_key.contains("no private key"), "{no_key}");
+    let mismatch = refused(&[&app, "https:0", &cert("leaf.pem"), &key("other.key")]);
+    assert!(mismatch.contains("does not match"), "{mismatch}");
+    let bare = refused(&[&app, "https:0"]);
+    assert!(bare.contains("--cert"), "{bare}");
+    let stray = refused(&[&app, &cert("leaf.pem"), &key("leaf.key")]);
+    assert!(stray.contains("https:<port>"), "{stray}");
+}
