@@ -388,12 +388,15 @@ fn a_thousand_concurrent_connections_keep_the_lb_small() {
     );
 }
 
-/// The LB's peak RSS while 256 clients each upload 64 KiB, three times
-/// over, to 2 workers that serve them in turn.
+/// How much the LB's peak RSS grew (KiB) while 256 clients each upload
+/// 64 KiB, three times over, to 2 workers that serve them in turn. (Growth,
+/// not the peak: the binary's own pages — 13 MiB in a debug build — are no
+/// business of this test.)
 fn peak_with_256_queued_uploads(args: &[&str]) -> u64 {
     let server = Server::start(&[&["builtin:hello", "w:2", "--no-access-log"], args].concat());
     server.wait_workers(2);
     let lb = server.lb_pid();
+    let idle = peak_rss_kib(lb);
     let body = vec![b'x'; 64 * 1024];
     let request = [
         format!(
@@ -426,7 +429,7 @@ fn peak_with_256_queued_uploads(args: &[&str]) -> u64 {
     for g in groups {
         g.join().unwrap();
     }
-    peak_rss_kib(lb)
+    peak_rss_kib(lb) - idle
 }
 
 #[test]
@@ -437,17 +440,17 @@ fn queued_uploads_hold_no_more_memory_than_the_buffer_bound() {
     // its own).
     let streamed = peak_with_256_queued_uploads(&["--request-buffering=off"]);
     assert!(
-        streamed < 20 * 1024,
-        "streaming, the LB peaked at {streamed} KiB"
+        streamed < 12 * 1024,
+        "streaming, the LB grew by {streamed} KiB"
     );
     // Held (the default), 16 MiB of bodies wait: in memory up to
     // --buffer-memory in all, in temp files beyond, plus a 16 KiB read
     // buffer per client while it sends.
     let held = peak_with_256_queued_uploads(&["--buffer-memory=4M"]);
-    let bound = 20 * 1024 + 4 * 1024 + 256 * 16;
+    let bound = 12 * 1024 + 4 * 1024 + 256 * 16;
     assert!(
         held < bound,
-        "holding bodies, the LB peaked at {held} KiB (bound {bound} KiB; streamed {streamed} KiB)"
+        "holding bodies, the LB grew by {held} KiB (bound {bound} KiB; streamed {streamed} KiB)"
     );
 }
 
