@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
+
+use crate::lb::access_log::civil_from_days;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -124,20 +126,6 @@ pub fn date(secs: i64) -> String {
     )
 }
 
-/// Days since 1970-01-01 to a calendar date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 /// Reads the certificate chain in `path` (leaf first).
 pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let show = path.display();
@@ -206,9 +194,232 @@ pub fn load(pair: &Pair) -> Result<Loaded, String> {
     })
 }
 
+// ---------------------------------------------------------------------------
+// Development certificates (`https:quick`, `https:ca`, `https:smart`)
+
+/// The development CA's name.
+pub const CA_NAME: &str = "Rip Server Development CA";
+/// How long the CA is valid.
+const CA_DAYS: i64 = 730;
+/// How long a leaf the CA signs is valid: under the 825 days macOS and iOS
+/// accept for a server certificate.
+const LEAF_DAYS: i64 = 824;
+/// How long a `quick` certificate is valid.
+const QUICK_DAYS: i64 = 365;
+/// A leaf this close to its end is issued again.
+const RENEW_DAYS: i64 = 30;
+
+/// Where the development CA and the certificates it issued live:
+/// `$RIP_HOME`, else `~/.rip-server`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home(pub PathBuf);
+
+impl Home {
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Home, String> {
+        match env("RIP_HOME").filter(|h| !h.is_empty()) {
+            Some(home) => Ok(Home(
+                std::path::absolute(&home).map_err(|e| format!("RIP_HOME={home}: {e}"))?,
+            )),
+            None => match env("HOME").filter(|h| !h.is_empty()) {
+                Some(home) => Ok(Home(Path::new(&home).join(".rip-server"))),
+                None => {
+                    Err("neither RIP_HOME nor HOME is set: no place for the development CA".into())
+                }
+            },
+        }
+    }
+
+    pub fn ca(&self) -> Pair {
+        Pair {
+            cert: self.0.join("ca/root.crt"),
+            key: self.0.join("ca/root.key"),
+        }
+    }
+
+    /// The certificate issued for `domain`.
+    pub fn leaf(&self, domain: &str) -> Pair {
+        Pair {
+            cert: self.0.join(format!("certs/{domain}.crt")),
+            key: self.0.join(format!("certs/{domain}.key")),
+        }
+    }
+
+    /// Certificates of your own for `https:smart` (`certs/server.crt`).
+    pub fn own(&self) -> Pair {
+        self.leaf("server")
+    }
+
+    /// Creates the CA unless it exists; whether it made one.
+    pub fn init_ca(&self) -> Result<bool, String> {
+        let ca = self.ca();
+        if ca.cert.exists() && ca.key.exists() {
+            return Ok(false);
+        }
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, CA_NAME);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, CA_DAYS);
+        let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| format!("cannot make the CA: {e}"))?;
+        write_pair(&ca, &cert.pem(), &key.serialize_pem())?;
+        Ok(true)
+    }
+
+    /// The certificate for `domain` signed by the CA (made first if
+    /// missing), issued again when missing, near its end, or older than the
+    /// CA.
+    pub fn issue(&self, domain: &str) -> Result<Pair, String> {
+        self.init_ca()?;
+        let leaf = self.leaf(domain);
+        if fresh(&leaf, Some(&self.ca())) {
+            return Ok(leaf);
+        }
+        let ca = self.ca();
+        let ca_pem = read_text(&ca.cert)?;
+        let ca_key = rcgen::KeyPair::from_pem(&read_text(&ca.key)?)
+            .map_err(|e| format!("{}: {e}", ca.key.display()))?;
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+            .map_err(|e| format!("{}: {e}", ca.cert.display()))?;
+        let mut names = vec![domain.to_string(), format!("*.{domain}")];
+        if domain != "localhost" {
+            names.push("localhost".into());
+        }
+        names.push("127.0.0.1".into());
+        names.push("::1".into());
+        let mut params = rcgen::CertificateParams::new(names)
+            .map_err(|e| format!("{domain}: not a name for a certificate ({e})"))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, domain);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, LEAF_DAYS);
+        let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| format!("cannot sign the certificate: {e}"))?;
+        write_pair(&leaf, &cert.pem(), &key.serialize_pem())?;
+        Ok(leaf)
+    }
+}
+
+/// A self-signed certificate for localhost (`https:quick`), written as
+/// `pair` unless a fresh one is there.
+pub fn quick(pair: &Pair) -> Result<(), String> {
+    if fresh(pair, None) {
+        return Ok(());
+    }
+    let mut params = rcgen::CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .map_err(|e| e.to_string())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut params, QUICK_DAYS);
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| format!("cannot make a certificate: {e}"))?;
+    write_pair(pair, &cert.pem(), &key.serialize_pem())
+}
+
+/// From yesterday (clocks differ) for `days`.
+fn validity(params: &mut rcgen::CertificateParams, days: i64) {
+    let ymd = |secs: i64| {
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        rcgen::date_time_ymd(y as i32, m as u8, d as u8)
+    };
+    let now = now();
+    params.not_before = ymd(now - 86_400);
+    params.not_after = ymd(now + days * 86_400);
+}
+
+/// Whether `pair` loads, is not near its end and (if `ca` is given) is
+/// not older than the CA's certificate.
+fn fresh(pair: &Pair, ca: Option<&Pair>) -> bool {
+    let Ok(loaded) = load(pair) else {
+        return false;
+    };
+    if loaded.info.not_after - now() < RENEW_DAYS * 86_400 {
+        return false;
+    }
+    match ca {
+        None => true,
+        Some(ca) => {
+            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            matches!((modified(&pair.cert), modified(&ca.cert)), (Some(leaf), Some(root)) if leaf >= root)
+        }
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))
+}
+
+/// Writes a certificate and its key, each mode 0600 in a directory of mode
+/// 0700, each replaced whole (a reader never sees half a file).
+fn write_pair(pair: &Pair, cert: &str, key: &str) -> Result<(), String> {
+    write_private(&pair.key, key.as_bytes())?;
+    write_private(&pair.cert, cert.as_bytes())
+}
+
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail)?;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(fail)?;
+    file.write_all(contents).map_err(fail)?;
+    drop(file);
+    std::fs::rename(&temp, path).map_err(fail)
+}
+
+/// SHA-256 of a certificate, hex pairs joined by ':'.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier;
 
     #[test]
     fn a_wildcard_covers_one_label_and_case_does_not_matter() {
@@ -277,6 +488,78 @@ mod tests {
         };
         let err = load(&crossed).unwrap_err();
         assert!(err.contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn the_development_ca_signs_a_leaf_with_the_names_and_limits_it_should_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home(dir.path().to_path_buf());
+        assert!(home.init_ca().unwrap(), "made");
+        assert!(!home.init_ca().unwrap(), "kept");
+        let ca = load(&home.ca()).unwrap().info;
+        assert_eq!(ca.subject, format!("CN={CA_NAME}"));
+        assert!(ca.is_ca);
+        let ca_der = read_chain(&home.ca().cert).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&ca_der[0]).unwrap();
+        let bc = parsed.basic_constraints().unwrap().unwrap().value;
+        assert!(bc.ca && bc.path_len_constraint == Some(0), "{bc:?}");
+        let days = (ca.not_after - now()) / 86_400;
+        assert!((728..=730).contains(&days), "CA valid {days} more days");
+
+        let pair = home.issue("rip.test").unwrap();
+        assert_eq!(pair, home.leaf("rip.test"));
+        let leaf = load(&pair).unwrap().info;
+        assert_eq!(leaf.issuer, ca.subject);
+        assert!(!leaf.is_ca);
+        assert_eq!(
+            leaf.names,
+            ["rip.test", "*.rip.test", "localhost", "127.0.0.1", "::1"]
+        );
+        let days = (leaf.not_after - now()) / 86_400;
+        assert!(days < 825, "leaf valid {days} more days");
+        let leaf_der = read_chain(&pair.cert).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf_der[0]).unwrap();
+        let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth, "{eku:?}");
+        // rustls' own verifier accepts it for the name, signed by the CA.
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(read_chain(&home.ca().cert).unwrap().remove(0))
+            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let end = read_chain(&pair.cert).unwrap().remove(0);
+        let name = rustls_pki_types::ServerName::try_from("api.rip.test").unwrap();
+        verifier
+            .verify_server_cert(&end, &[], &name, &[], rustls_pki_types::UnixTime::now())
+            .unwrap();
+        // Kept while fresh, files private.
+        let again = home.issue("rip.test").unwrap();
+        assert_eq!(load(&again).unwrap().info.serial, leaf.serial);
+        use std::os::unix::fs::PermissionsExt;
+        for path in [&pair.cert, &pair.key, &home.ca().key] {
+            let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn a_quick_certificate_is_for_localhost_for_a_year() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = Pair {
+            cert: dir.path().join("q.crt"),
+            key: dir.path().join("q.key"),
+        };
+        quick(&pair).unwrap();
+        let info = load(&pair).unwrap().info;
+        assert_eq!(info.names, ["localhost", "127.0.0.1", "::1"]);
+        assert_eq!(info.subject, info.issuer);
+        let days = (info.not_after - now()) / 86_400;
+        assert!((363..=365).contains(&days), "{days}");
     }
 
     #[test]

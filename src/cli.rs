@@ -42,7 +42,12 @@ Examples:
   rip-server examples/python http:0 w:4 --no-access-log
   rip-server builtin:hello http:8080
   rip-server examples/hello http:80 https:443 --cert=fullchain.pem --key=privkey.pem
-  rip-server --stop examples/hello";
+  rip-server examples/hello http:3000 https:quick      # a self-signed certificate
+  rip-server examples/hello https:ca                   # signed by a development CA
+  rip-server --stop examples/hello
+
+The development CA (under $RIP_HOME, else ~/.rip-server):
+  rip-server ca:init | ca:trust | ca:export | ca:info | ca:list | ca:clean";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -156,6 +161,8 @@ struct ResolvedApp {
 pub enum Invocation {
     Start(Config),
     Stop(StopTarget),
+    /// `rip-server ca:<command>` (or `ca <command>`).
+    Ca(crate::ca::Command, crate::certs::Home),
     Manager {
         config: Config,
         fds: Fds,
@@ -228,6 +235,11 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
             },
         });
     }
+    if let Some(command) = ca_command(&argv)? {
+        let home = crate::certs::Home::from_env(&|name| std::env::var(name).ok())
+            .map_err(ParseOutcome::Usage)?;
+        return Ok(Invocation::Ca(command, home));
+    }
     let cli = PublicCli::try_parse_from(argv).map_err(clap_outcome)?;
     if cli.stop {
         if cli.args.len() > 1 {
@@ -246,6 +258,35 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
         return Ok(Invocation::Stop(target));
     }
     Ok(Invocation::Start(config_from(&cli.options, &cli.args)?))
+}
+
+/// `ca:<command>` or `ca <command>` as the first argument.
+fn ca_command(argv: &[OsString]) -> Result<Option<crate::ca::Command>, ParseOutcome> {
+    let arg = |i: usize| argv.get(i).and_then(|a| a.to_str());
+    let (name, rest) = match (arg(1), arg(2)) {
+        (Some("ca"), Some(name)) => (name, 3),
+        (Some("ca"), None) => {
+            return Err(ParseOutcome::Usage(format!(
+                "ca needs a command: {}",
+                crate::ca::Command::NAMES
+            )))
+        }
+        (Some(first), _) if first.starts_with("ca:") => (&first[3..], 2),
+        _ => return Ok(None),
+    };
+    if argv.len() > rest {
+        return Err(ParseOutcome::Usage(format!(
+            "ca:{name} takes no arguments, got '{}'",
+            argv[rest..]
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )));
+    }
+    crate::ca::Command::parse(name)
+        .map(Some)
+        .map_err(ParseOutcome::Usage)
 }
 
 fn config_from(options: &Options, args: &[String]) -> Result<Config, ParseOutcome> {
@@ -344,9 +385,42 @@ mod tests {
             "--key=k.pem",
         ]);
         assert_eq!(both.port, Some(8080));
-        assert!(usage(&["builtin:hello", "https:0"]).contains("--cert"));
+        // Without files, https: is a development certificate (https:smart).
+        let smart = start(&["builtin:hello", "https:0"]);
+        assert_eq!(smart.port, None);
+        assert!(smart.https.is_some());
+        let quick = start(&["builtin:hello", "https:quick"]);
+        let https = quick.https.unwrap();
+        assert_eq!(https.port, crate::config::DEFAULT_HTTPS_PORT);
+        assert_eq!(https.dev, Some(crate::config::Dev::Quick));
+        assert!(https.pair.cert.ends_with("rip_server2_hello.quick.crt"));
+        let only = start(&[
+            "builtin:hello",
+            "protocol:https",
+            "--cert=c.pem",
+            "--key=k.pem",
+        ]);
+        assert_eq!((only.port, only.https.map(|h| h.port)), (None, Some(3443)));
+        let both = start(&[
+            "builtin:hello",
+            "protocol:http+https",
+            "http:0",
+            "https:quick",
+        ]);
+        assert_eq!((both.port, both.https.is_some()), (Some(0), true));
+        assert!(usage(&["builtin:hello", "protocol:http", "https:0"]).contains("protocol:http"));
+        assert!(usage(&["builtin:hello", "protocol:https", "http:0"]).contains("protocol:https"));
+        assert!(usage(&["builtin:hello", "protocol:ftp"]).contains("protocol:ftp"));
+        assert!(usage(&[
+            "builtin:hello",
+            "https:quick",
+            "--cert=c.pem",
+            "--key=k.pem"
+        ])
+        .contains("drop https:quick"));
         assert!(usage(&["builtin:hello", "https:0", "--cert=c.pem"]).contains("--key"));
-        assert!(usage(&["builtin:hello", "--key=k.pem"]).contains("https:<port>"));
+        assert!(usage(&["builtin:hello", "--key=k.pem"]).contains("--cert"));
+        assert!(usage(&["builtin:hello", "--cert=c.pem", "--key=k.pem"]).contains("https:<port>"));
         assert!(usage(&["builtin:hello", "https:x"]).contains("https:x"));
     }
 

@@ -92,11 +92,43 @@ pub struct Config {
 
 pub use crate::apps::Env;
 
-/// The HTTPS listener (`https:<port>`).
+/// The HTTPS listener (`https:<port>`, `https:quick|ca|smart`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Https {
     pub port: u16,
+    /// The files served.
     pub pair: crate::certs::Pair,
+    /// A development certificate the front makes (or renews) as `pair`
+    /// before anything starts; None: the files are the user's.
+    pub dev: Option<Dev>,
+}
+
+/// Which development certificate `https:` asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dev {
+    /// Self-signed for localhost (`https:quick`), in the socket dir.
+    Quick,
+    /// Signed by the development CA in this home (`https:ca`, `https:smart`).
+    Ca(crate::certs::Home),
+}
+
+/// The HTTPS port when `https:` names a mode but no port (the original's).
+pub const DEFAULT_HTTPS_PORT: u16 = 3443;
+
+/// `https:<mode>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Quick,
+    Ca,
+    Smart,
+}
+
+/// `protocol:<which>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http,
+    Https,
+    Both,
 }
 
 const DEFAULT_PORT: u16 = 5002;
@@ -108,6 +140,8 @@ struct Tokens {
     app: Option<String>,
     port: Option<u16>,
     https_port: Option<u16>,
+    https_mode: Option<Mode>,
+    protocol: Option<Protocol>,
     workers: Option<usize>,
     max_requests: Option<u64>,
 }
@@ -116,8 +150,27 @@ impl Tokens {
     fn parse(args: &[String]) -> Result<Tokens, String> {
         let mut tokens = Tokens::default();
         for arg in args {
-            if let Some(port) = arg.strip_prefix("https:") {
-                tokens.https_port = Some(parse_port(port).map_err(|why| format!("{arg}: {why}"))?);
+            if arg == "https" {
+                tokens.https_mode = Some(Mode::Smart);
+            } else if let Some(what) = arg.strip_prefix("https:") {
+                match what {
+                    "quick" => tokens.https_mode = Some(Mode::Quick),
+                    "ca" => tokens.https_mode = Some(Mode::Ca),
+                    "smart" => tokens.https_mode = Some(Mode::Smart),
+                    port => {
+                        tokens.https_port = Some(
+                            parse_port(port)
+                                .map_err(|why| format!("{arg}: {why} (or quick, ca, smart)"))?,
+                        )
+                    }
+                }
+            } else if let Some(which) = arg.strip_prefix("protocol:") {
+                tokens.protocol = Some(match which {
+                    "http" => Protocol::Http,
+                    "https" => Protocol::Https,
+                    "http+https" => Protocol::Both,
+                    _ => return Err(format!("{arg}: protocol is http, https or http+https")),
+                });
             } else if let Some(port) = arg.strip_prefix("http:") {
                 tokens.port = Some(parse_port(port).map_err(|why| format!("{arg}: {why}"))?);
             } else if let Some(n) = arg.strip_prefix("w:") {
@@ -140,7 +193,7 @@ impl Tokens {
                 tokens.app = Some(arg.clone());
             } else {
                 return Err(format!(
-                    "unexpected argument '{arg}' (tokens are http:<port>, https:<port>, w:<N|auto>, r:<N>)"
+                    "unexpected argument '{arg}' (tokens are http:<port>, https:<port|quick|ca|smart>, protocol:<http|https|http+https>, w:<N|auto>, r:<N>)"
                 ));
             }
         }
@@ -171,38 +224,19 @@ impl Config {
         let tokens = Tokens::parse(args)?;
         let app_arg = tokens
             .app
+            .clone()
             .ok_or("missing <app-path> (for example: rip-server examples/hello http:3000)")?;
         let app = match resolved {
             Some(app) => app,
             None => App::resolve(&app_arg, &options.runtime, env)?,
         };
-        // HTTP on its default port unless only HTTPS is asked for.
-        let port = match (tokens.port, tokens.https_port) {
-            (Some(port), _) => Some(port),
-            (None, Some(_)) => None,
-            (None, None) => Some(match env("PORT") {
-                Some(text) => parse_port(&text).map_err(|why| format!("PORT={text}: {why}"))?,
-                None => DEFAULT_PORT,
-            }),
-        };
-        let https = match (tokens.https_port, &options.cert, &options.key) {
-            (Some(port), Some(cert), Some(key)) => Some(Https {
-                port,
-                pair: crate::certs::Pair {
-                    cert: absolute(cert)?,
-                    key: absolute(key)?,
-                },
-            }),
-            (Some(port), _, _) => {
-                return Err(format!(
-                    "https:{port} needs a certificate: --cert=<pem> --key=<pem>"
-                ))
-            }
-            (None, Some(_), _) | (None, _, Some(_)) => {
-                return Err("--cert and --key need an https:<port> listener".to_string())
-            }
-            (None, None, None) => None,
-        };
+        let paths = Paths::new(
+            &options.socket_dir,
+            options.socket_prefix.clone(),
+            &options.variant,
+            &app.name,
+        )?;
+        let (port, https) = listeners(&tokens, options, env, &paths)?;
         let hot_reload = options
             .hot_reload
             .unwrap_or_else(|| default_hot_reload(env));
@@ -211,12 +245,6 @@ impl Config {
             (false, true) => AccessLog::Json,
             (false, false) => AccessLog::Human,
         };
-        let paths = Paths::new(
-            &options.socket_dir,
-            options.socket_prefix.clone(),
-            &options.variant,
-            &app.name,
-        )?;
         for (flag, ms) in [
             ("--queue-timeout-ms", options.queue_timeout_ms),
             ("--connect-timeout-ms", options.connect_timeout_ms),
@@ -345,6 +373,120 @@ impl Config {
         }
         args
     }
+}
+
+/// The HTTP port and the HTTPS listener the tokens and flags ask for.
+fn listeners(
+    tokens: &Tokens,
+    options: &Options,
+    env: Env,
+    paths: &Paths,
+) -> Result<(Option<u16>, Option<Https>), String> {
+    let files = match (&options.cert, &options.key) {
+        (Some(cert), Some(key)) => Some(crate::certs::Pair {
+            cert: absolute(cert)?,
+            key: absolute(key)?,
+        }),
+        (Some(_), None) => return Err("--cert needs --key=<pem> too".into()),
+        (None, Some(_)) => return Err("--key needs --cert=<pem> too".into()),
+        (None, None) => None,
+    };
+    let asked = tokens.https_port.is_some() || tokens.https_mode.is_some();
+    if files.is_some()
+        && !asked
+        && tokens.protocol != Some(Protocol::Https)
+        && tokens.protocol != Some(Protocol::Both)
+    {
+        return Err("--cert and --key need an https:<port> listener".into());
+    }
+    let (http, https) = match tokens.protocol {
+        None => (tokens.port.is_some() || !asked, asked),
+        Some(Protocol::Http) if asked => {
+            return Err("protocol:http opens no HTTPS port: drop the https: token".into())
+        }
+        Some(Protocol::Http) => (true, false),
+        Some(Protocol::Https) if tokens.port.is_some() => {
+            return Err("protocol:https opens no HTTP port: drop the http: token".into())
+        }
+        Some(Protocol::Https) => (false, true),
+        Some(Protocol::Both) => (true, true),
+    };
+    let port = if http {
+        Some(match (tokens.port, env("PORT")) {
+            (Some(port), _) => port,
+            (None, Some(text)) => parse_port(&text).map_err(|why| format!("PORT={text}: {why}"))?,
+            (None, None) => DEFAULT_PORT,
+        })
+    } else {
+        None
+    };
+    if !https {
+        return Ok((port, None));
+    }
+    let https_port = tokens.https_port.unwrap_or(DEFAULT_HTTPS_PORT);
+    let mode = tokens.https_mode;
+    let (pair, dev) = match (files, mode) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "--cert/--key are your certificate: drop https:quick, https:ca or https:smart"
+                    .into(),
+            )
+        }
+        (Some(pair), None) => (pair, None),
+        (None, Some(Mode::Quick)) => (
+            crate::certs::Pair {
+                cert: paths.quick_cert(),
+                key: paths.quick_key(),
+            },
+            Some(Dev::Quick),
+        ),
+        (None, mode) => {
+            let home = crate::certs::Home::from_env(env)?;
+            let own = home.own();
+            if mode != Some(Mode::Ca) && own.cert.exists() && own.key.exists() {
+                // https:smart: your own certificate files, when you put them there.
+                (own, None)
+            } else {
+                (home.leaf("localhost"), Some(Dev::Ca(home)))
+            }
+        }
+    };
+    if dev.is_some() && production(env) {
+        return Err(format!(
+            "https:{} serves a development certificate, and this is production ({}): give --cert=<pem> --key=<pem>",
+            match mode {
+                Some(Mode::Quick) => "quick",
+                Some(Mode::Ca) => "ca",
+                _ => "smart",
+            },
+            production_setting(env).unwrap_or_default()
+        ));
+    }
+    Ok((
+        port,
+        Some(Https {
+            port: https_port,
+            pair,
+            dev,
+        }),
+    ))
+}
+
+/// `RIP_ENV` (else `NODE_ENV`) as set.
+fn production_setting(env: Env) -> Option<String> {
+    let (name, value) = match env("RIP_ENV") {
+        Some(value) if !value.is_empty() => ("RIP_ENV", value),
+        _ => ("NODE_ENV", env("NODE_ENV")?),
+    };
+    Some(format!("{name}={value}"))
+}
+
+/// Whether `RIP_ENV` (else `NODE_ENV`) says production.
+fn production(env: Env) -> bool {
+    let setting = env("RIP_ENV")
+        .filter(|v| !v.is_empty())
+        .or_else(|| env("NODE_ENV"));
+    matches!(setting.as_deref(), Some("production") | Some("prod"))
 }
 
 /// `path` made absolute (the roles run in the app's directory).

@@ -41,8 +41,10 @@ pub fn run(config: Config) -> Result<(), Failure> {
 fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure> {
     refuse_running(&config.paths)?;
     clear_leftovers(&config.paths)?;
-    // A bad certificate fails here, before anything is bound or started.
+    // A development certificate is made (or renewed) now; a bad
+    // certificate fails here, before anything is bound or started.
     if let Some(https) = &config.https {
+        make_dev_certificate(https)?;
         crate::certs::load(&https.pair).map_err(Failure::Usage)?;
     }
     let mut listeners = Listeners::default();
@@ -77,6 +79,31 @@ fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure>
         .args(cli::role_args(&role, &config))
         .exec();
     Err(Failure::fatal(format!("cannot start the manager: {err}")))
+}
+
+/// Makes the development certificate `https:quick|ca|smart` asked for.
+fn make_dev_certificate(https: &crate::config::Https) -> Result<(), Failure> {
+    use crate::config::Dev;
+    let say = |line: String| crate::output::STDERR.line(format!("rip-server: {line}").as_bytes());
+    match &https.dev {
+        None => Ok(()),
+        Some(Dev::Quick) => {
+            crate::certs::quick(&https.pair).map_err(Failure::Usage)?;
+            say("https:quick: a self-signed certificate for localhost, for development only (browsers will warn; https:ca makes one they can trust)".into());
+            Ok(())
+        }
+        Some(Dev::Ca(home)) => {
+            let made = home.init_ca().map_err(Failure::Usage)?;
+            home.issue("localhost").map_err(Failure::Usage)?;
+            if made {
+                say(format!(
+                    "made the development CA {} (trust it once: rip-server ca:trust)",
+                    home.ca().cert.display()
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Creates the socket dir (mode 0700) if it is missing.
@@ -147,7 +174,9 @@ fn clear_leftovers(paths: &Paths) -> Result<(), Failure> {
     for path in sockets {
         remove_ours(&path, Owned::Socket).map_err(Failure::Usage)?;
     }
-    remove_ours(&paths.loader(), Owned::File).map_err(Failure::Usage)?;
+    for file in [paths.loader(), paths.quick_cert(), paths.quick_key()] {
+        remove_ours(&file, Owned::File).map_err(Failure::Usage)?;
+    }
     Ok(())
 }
 

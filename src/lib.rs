@@ -24,6 +24,7 @@
 //!   stops the server.
 
 pub mod apps;
+pub mod ca;
 pub mod certs;
 pub mod cli;
 pub mod config;
@@ -75,6 +76,7 @@ fn run_role(argv: Vec<OsString>) -> ExitCode {
     let result = match invocation {
         cli::Invocation::Start(config) => front::run(config),
         cli::Invocation::Stop(target) => stop::run(target),
+        cli::Invocation::Ca(command, home) => ca::run(command, &home),
         cli::Invocation::Manager {
             config,
             fds,
@@ -128,6 +130,7 @@ fn init_tracing(invocation: &cli::Invocation) {
     let role = match invocation {
         cli::Invocation::Start(_) | cli::Invocation::Manager { .. } => "manager".to_string(),
         cli::Invocation::Stop(_) => "stop".to_string(),
+        cli::Invocation::Ca(..) => "ca".to_string(),
         cli::Invocation::Lb { .. } => "lb".to_string(),
         cli::Invocation::Worker { id, .. } => format!("worker {id}"),
     };

@@ -85,6 +85,15 @@ impl Paths {
         self.file("loader.mjs")
     }
 
+    /// `https:quick`'s self-signed certificate and key.
+    pub fn quick_cert(&self) -> PathBuf {
+        self.file("quick.crt")
+    }
+
+    pub fn quick_key(&self) -> PathBuf {
+        self.file("quick.key")
+    }
+
     fn file(&self, suffix: &str) -> PathBuf {
         self.dir.join(format!("{}.{suffix}", self.prefix))
     }

@@ -362,12 +362,31 @@ fn a_client_offering_only_old_protocols_gets_an_alert() {
 
 /// `rip-server <args>` exits 2 with one line, starting nothing.
 fn refused(args: &[&str]) -> String {
+    refused_with(args, &[])
+}
+
+fn refused_with(args: &[&str], env: &[(&str, &str)]) -> String {
     let dir = socket_dir();
-    let out = Command::new(env!("CARGO_BIN_EXE_rip-server"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rip-server"))
         .args(args)
         .arg(format!("--socket-dir={}", dir.path().display()))
-        .output()
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A refusal is immediate; a server that started instead is stopped
+    // and the test fails (rather than waiting on it for ever).
+    let _stop = StopOnDrop(vec![child.id()]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} started a server instead of refusing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
@@ -394,8 +413,219 @@ fn certificates_that_cannot_be_served_exit_2_before_anything_starts() {
     assert!(no_key.contains("no private key"), "{no_key}");
     let mismatch = refused(&[&app, "https:0", &cert("leaf.pem"), &key("other.key")]);
     assert!(mismatch.contains("does not match"), "{mismatch}");
-    let bare = refused(&[&app, "https:0"]);
-    assert!(bare.contains("--cert"), "{bare}");
+    let half = refused(&[&app, "https:0", &cert("leaf.pem")]);
+    assert!(half.contains("--key"), "{half}");
     let stray = refused(&[&app, &cert("leaf.pem"), &key("leaf.key")]);
     assert!(stray.contains("https:<port>"), "{stray}");
+}
+
+/// A fresh `$RIP_HOME` for the development CA.
+fn rip_home() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn start_dev(args: &[&str], home: &Path, env: &[(&str, &str)]) -> (Server, u16) {
+    let mut all = vec![probe()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    all.push("w:1".into());
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut vars = vec![("RIP_HOME", home.display().to_string())];
+    vars.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+    let server = Server::start_with(
+        &all,
+        Start {
+            env: vars,
+            ..Start::default()
+        },
+    );
+    server.wait_workers(1);
+    let port = https_port(&server);
+    (server, port)
+}
+
+fn curl_with_ca(ca: &Path, url: &str) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .expect("curl")
+}
+
+#[test]
+fn https_quick_serves_a_self_signed_localhost_certificate_and_leaves_nothing() {
+    let home = rip_home();
+    let (mut server, port) = start_dev(&["https:0", "https:quick"], home.path(), &[]);
+    let (cert, key) = (server.socket("quick.crt"), server.socket("quick.key"));
+    assert!(
+        server.stderr.text().contains("for development only"),
+        "{}",
+        server.stderr.text()
+    );
+    // Self-signed: the certificate is its own authority.
+    let got = curl_with_ca(&cert, &format!("https://localhost:{port}/pid"));
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert!(
+        std::fs::read_dir(home.path()).unwrap().next().is_none(),
+        "quick wrote to RIP_HOME"
+    );
+    assert!(server.stop().success());
+    assert!(!cert.exists() && !key.exists(), "quick files left behind");
+}
+
+#[test]
+fn https_ca_makes_its_ca_once_and_a_leaf_that_curl_trusts_for_localhost() {
+    let home = rip_home();
+    let root = home.path().join("ca/root.crt");
+    let (mut server, port) = start_dev(&["https:0", "https:ca"], home.path(), &[]);
+    assert!(
+        server.stderr.text().contains("made the development CA"),
+        "{}",
+        server.stderr.text()
+    );
+    for url in [
+        format!("https://localhost:{port}/pid"),
+        format!("https://127.0.0.1:{port}/pid"),
+    ] {
+        let got = curl_with_ca(&root, &url);
+        assert!(
+            got.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+    }
+    let first = std::fs::read(&root).unwrap();
+    assert!(server.stop().success());
+    // Again: the same CA and the same leaf, nothing made.
+    let (server, port) = start_dev(&["https:0", "https:ca"], home.path(), &[]);
+    assert!(!server.stderr.text().contains("made the development CA"));
+    assert_eq!(std::fs::read(&root).unwrap(), first);
+    assert!(
+        curl_with_ca(&root, &format!("https://localhost:{port}/pid"))
+            .status
+            .success()
+    );
+    drop(server);
+}
+
+#[test]
+fn https_smart_takes_your_own_files_in_rip_home_else_the_ca() {
+    let pki = Pki::new();
+    let home = rip_home();
+    std::fs::create_dir_all(home.path().join("certs")).unwrap();
+    std::fs::copy(pki.path("chain.pem"), home.path().join("certs/server.crt")).unwrap();
+    std::fs::copy(pki.path("leaf.key"), home.path().join("certs/server.key")).unwrap();
+    // Bare `https` is https:smart (on port 3443 unless https:<port> says
+    // otherwise: this test stays off a fixed port).
+    let (server, port) = start_dev(&["https", "https:0"], home.path(), &[]);
+    let got = curl_with_ca(
+        &pki.path("ca.pem"),
+        &format!("https://localhost:{port}/pid"),
+    );
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert!(
+        !home.path().join("ca").exists(),
+        "no CA made when your files are there"
+    );
+    drop(server);
+}
+
+#[test]
+fn production_refuses_development_certificates() {
+    let home = rip_home();
+    let app = probe();
+    let home_var = home.path().display().to_string();
+    for mode in ["https:quick", "https:ca", "https:smart", "https"] {
+        let line = refused_with(
+            &[&app, "https:0", mode],
+            &[("NODE_ENV", "production"), ("RIP_HOME", &home_var)],
+        );
+        assert!(
+            line.contains("production") && line.contains("--cert"),
+            "{mode}: {line}"
+        );
+    }
+    // https:<port> alone is https:smart.
+    let line = refused_with(
+        &[&app, "https:0"],
+        &[("RIP_ENV", "production"), ("RIP_HOME", &home_var)],
+    );
+    assert!(line.contains("--cert"), "{line}");
+    assert!(
+        std::fs::read_dir(home.path()).unwrap().next().is_none(),
+        "something was made"
+    );
+}
+
+fn rip(args: &[&str], home: &Path, cwd: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rip-server"))
+        .args(args)
+        .env("RIP_HOME", home)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn the_ca_commands_make_show_export_list_and_clean_the_ca() {
+    let home = rip_home();
+    let cwd = tempfile::tempdir().unwrap();
+    let (h, c) = (home.path(), cwd.path());
+    let (code, _, err) = rip(&["ca:info"], h, c);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("ca:init"), "{err}");
+    let (code, out, err) = rip(&["ca:init"], h, c);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("made") && out.contains("CN=Rip Server Development CA"),
+        "{out}"
+    );
+    // The fingerprint is openssl's.
+    let openssl = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(h.join("ca/root.crt"))
+        .output()
+        .unwrap();
+    let theirs = String::from_utf8_lossy(&openssl.stdout);
+    let theirs = theirs.trim().rsplit('=').next().unwrap().to_string();
+    assert!(out.contains(&theirs), "{out} lacks {theirs}");
+    let (code, out, _) = rip(&["ca", "init"], h, c);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("kept the existing"), "{out}");
+    let (code, _, err) = rip(&["ca:export"], h, c);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        std::fs::read(c.join("rip-server-ca.crt")).unwrap(),
+        std::fs::read(h.join("ca/root.crt")).unwrap()
+    );
+    let (_, out, _) = rip(&["ca:list"], h, c);
+    assert!(out.contains("no certificates"), "{out}");
+    // A server with https:ca issues the localhost certificate; list shows it.
+    let (server, _) = start_dev(&["https:0", "https:ca"], h, &[]);
+    drop(server);
+    let (_, out, _) = rip(&["ca:list"], h, c);
+    assert!(
+        out.contains("localhost.crt") && out.contains("127.0.0.1"),
+        "{out}"
+    );
+    let (code, out, _) = rip(&["ca:clean"], h, c);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("removed"), "{out}");
+    assert!(!h.join("ca").exists() && !h.join("certs").exists());
+    let (code, _, err) = rip(&["ca:bogus"], h, c);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }

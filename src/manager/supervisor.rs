@@ -899,8 +899,10 @@ impl Supervisor {
                 warn!("{e}");
             }
         }
-        if let Err(e) = remove_ours(&paths.loader(), Owned::File) {
-            warn!("{e}");
+        for file in [paths.loader(), paths.quick_cert(), paths.quick_key()] {
+            if let Err(e) = remove_ours(&file, Owned::File) {
+                warn!("{e}");
+            }
         }
         if let Err(e) = self.pid_file.remove() {
             warn!("{e}");
