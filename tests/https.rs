@@ -62,6 +62,7 @@ impl Pki {
         run(&ca);
         Pki::leaf_in(dir.path(), "leaf", "DNS:localhost,IP:127.0.0.1", &run);
         Pki::leaf_in(dir.path(), "other", "DNS:other.example", &run);
+        Pki::leaf_in(dir.path(), "renewed", "DNS:localhost,IP:127.0.0.1", &run);
         let chain = [
             std::fs::read_to_string(dir.path().join("leaf.pem")).unwrap(),
             std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
@@ -628,4 +629,106 @@ fn the_ca_commands_make_show_export_list_and_clean_the_ca() {
     let (code, _, err) = rip(&["ca:bogus"], h, c);
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// The serial of the certificate a new handshake gets.
+fn served_serial(port: u16) -> Option<String> {
+    let shown = s_client(port, &[], GET_PING);
+    let start = shown.find("-----BEGIN CERTIFICATE-----")?;
+    let end = shown.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    serial_of_pem(&shown[start..end])
+}
+
+fn serial_of_pem(pem: &str) -> Option<String> {
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(pem.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    text.strip_prefix("serial=").map(str::to_string)
+}
+
+/// Replaces `to` whole (a rename), as certbot and editors do.
+fn replace(from: &Path, to: &Path) {
+    let temp = to.with_extension("new");
+    std::fs::copy(from, &temp).unwrap();
+    std::fs::rename(&temp, to).unwrap();
+}
+
+#[test]
+fn renewed_certificate_files_are_served_without_a_restart_and_a_bad_pair_is_not() {
+    let pki = Pki::new();
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        work.path().join("served.crt"),
+        work.path().join("served.key"),
+    );
+    std::fs::copy(pki.path("chain.pem"), &cert).unwrap();
+    std::fs::copy(pki.path("leaf.key"), &key).unwrap();
+    let args = [
+        probe(),
+        "w:1".into(),
+        "https:0".into(),
+        format!("--cert={}", cert.display()),
+        format!("--key={}", key.display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args);
+    server.wait_workers(1);
+    let port = https_port(&server);
+    let first = serial_of_pem(&std::fs::read_to_string(pki.path("leaf.pem")).unwrap()).unwrap();
+    let renewed =
+        serial_of_pem(&std::fs::read_to_string(pki.path("renewed.pem")).unwrap()).unwrap();
+    assert_eq!(served_serial(port).as_deref(), Some(first.as_str()));
+
+    // Requests go on while the files are replaced; none may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, ca) = (stop.clone(), pki.path("ca.pem"));
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = curl_with_ca(&ca, &format!("https://localhost:{port}/pid"));
+                if got.status.success() {
+                    ok += 1;
+                } else {
+                    failed.push(String::from_utf8_lossy(&got.stderr).to_string());
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    replace(&pki.path("renewed.key"), &key);
+    replace(&pki.path("renewed.pem"), &cert);
+    let swapped = Instant::now();
+    eventually_within(
+        Duration::from_secs(10),
+        "the renewed certificate served",
+        || (served_serial(port).as_deref() == Some(renewed.as_str())).then_some(()),
+    );
+    let took = swapped.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "served {took:?} after the files changed"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok > 0);
+
+    // A key that is not the certificate's: the renewed pair stays.
+    replace(&pki.path("other.key"), &key);
+    server.wait_output("kept the certificate served so far");
+    assert_eq!(served_serial(port).as_deref(), Some(renewed.as_str()));
 }

@@ -138,7 +138,12 @@ async fn serve(
     };
     let listener = fds.http.map(listen).transpose()?;
     let https = match (fds.https, &config.https) {
-        (Some(fd), Some(https)) => Some((listen(fd)?, tls_config(&https.pair)?)),
+        (Some(fd), Some(https)) => {
+            let (tls, certs) = tls::server_config(&https.pair).map_err(Failure::fatal)?;
+            // Renewed files are served without a restart.
+            tokio::spawn(tls::watch(certs, https.pair.clone()));
+            Some((listen(fd)?, tls))
+        }
         _ => None,
     };
     let status_listener = fds.status.map(listen).transpose()?;
@@ -337,21 +342,6 @@ async fn accept(
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
     }
-}
-
-/// The TLS settings of the HTTPS listener: TLS 1.2 and 1.3, ALPN
-/// `http/1.1`, resumption by tickets and by session id.
-fn tls_config(pair: &crate::certs::Pair) -> Result<Arc<rustls::ServerConfig>, Failure> {
-    let loaded = crate::certs::load(pair).map_err(Failure::fatal)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(crate::certs::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Failure::fatal(format!("TLS: {e}")))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(tls::Certs::new(loaded.key)));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.ticketer = rustls::crypto::ring::Ticketer::new()
-        .map_err(|e| Failure::fatal(format!("TLS tickets: {e}")))?;
-    Ok(Arc::new(config))
 }
 
 /// The `--status-bind` listener: the LB's own routes and nothing else, a

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::io::Socket;
+use crate::certs::Pair;
 
 /// Encrypted bytes waiting for the socket before writes wait.
 const OUT_LIMIT: usize = 256 * 1024;
@@ -42,6 +43,74 @@ impl Certs {
     pub fn new(key: Arc<CertifiedKey>) -> Certs {
         Certs {
             current: std::sync::RwLock::new(key),
+        }
+    }
+
+    /// Serves `key` to the handshakes from now on (open connections keep
+    /// the one they were made with).
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+}
+
+/// The TLS settings of the HTTPS listener: TLS 1.2 and 1.3, ALPN
+/// `http/1.1`, resumption by tickets and by session id; the certificate
+/// served is `pair`'s, swappable through the returned [`Certs`].
+pub fn server_config(pair: &Pair) -> Result<(Arc<ServerConfig>, Arc<Certs>), String> {
+    let loaded = crate::certs::load(pair)?;
+    let certs = Arc::new(Certs::new(loaded.key));
+    let mut config = ServerConfig::builder_with_provider(crate::certs::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+    Ok((Arc::new(config), certs))
+}
+
+/// How often the certificate files are looked at.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How long files that changed are left to settle before they are read
+/// (certbot replaces the certificate and the key one after the other).
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// What a file looks like from outside: changes when it is rewritten or
+/// replaced (symlinks followed, as certbot's `live/` links are).
+fn stamp(pair: &Pair) -> Option<[(std::time::SystemTime, u64, u64); 2]> {
+    use std::os::unix::fs::MetadataExt;
+    let one = |p: &std::path::Path| {
+        let meta = std::fs::metadata(p).ok()?;
+        Some((meta.modified().ok()?, meta.len(), meta.ino()))
+    };
+    Some([one(&pair.cert)?, one(&pair.key)?])
+}
+
+/// Watches `pair`'s files for as long as the LB runs: a changed pair that
+/// loads (readable, matching, valid now) is served to new handshakes; one
+/// that does not keeps the old pair, and the log says why.
+pub async fn watch(certs: Arc<Certs>, pair: Pair) {
+    let mut seen = stamp(&pair);
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let now = stamp(&pair);
+        if now == seen {
+            continue;
+        }
+        tokio::time::sleep(SETTLE).await;
+        seen = stamp(&pair);
+        match crate::certs::load(&pair) {
+            Ok(loaded) => {
+                certs.set(loaded.key);
+                tracing::info!(
+                    "serving the renewed certificate {} (serial {}, valid until {})",
+                    pair.cert.display(),
+                    loaded.info.serial,
+                    crate::certs::date(loaded.info.not_after)
+                );
+            }
+            Err(why) => tracing::warn!("kept the certificate served so far: {why}"),
         }
     }
 }
