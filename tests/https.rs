@@ -732,3 +732,34 @@ fn renewed_certificate_files_are_served_without_a_restart_and_a_bad_pair_is_not(
     server.wait_output("kept the certificate served so far");
     assert_eq!(served_serial(port).as_deref(), Some(renewed.as_str()));
 }
+
+#[test]
+fn a_thousand_half_open_handshakes_do_not_starve_service() {
+    let pki = Pki::new();
+    let (server, port) = start_https(&pki, &[]);
+    // Each sends the start of a ClientHello and stops.
+    let stalled: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    for _ in 0..5 {
+        let got = curl(&pki, port, "/pid", &[]);
+        assert!(
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "5 requests took {:?} beside 1000 stalled handshakes",
+        start.elapsed()
+    );
+    let rss = peak_rss_kib(server.lb_pid());
+    assert!(rss < 96 * 1024, "the LB peaked at {rss} KiB");
+    drop(stalled);
+}
