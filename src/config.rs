@@ -31,6 +31,10 @@ pub struct Config {
     pub port: Option<u16>,
     /// The HTTPS listener, if there is one.
     pub https: Option<Https>,
+    /// `--redirect-http`: the HTTP port answers 308 to the HTTPS one.
+    pub redirect_http: bool,
+    /// `--hsts`: the max-age HTTPS answers carry.
+    pub hsts: Option<u64>,
     pub workers: usize,
     /// Requests a worker serves before it is recycled; 0 = never.
     pub max_requests: u64,
@@ -237,6 +241,17 @@ impl Config {
             &app.name,
         )?;
         let (port, https) = listeners(&tokens, options, env, &paths)?;
+        if https.is_none() && (options.redirect_http || options.hsts.is_some()) {
+            let flag = if options.redirect_http {
+                "--redirect-http"
+            } else {
+                "--hsts"
+            };
+            return Err(format!("{flag} needs an HTTPS port (https:<port>)"));
+        }
+        if options.redirect_http && port.is_none() {
+            return Err("--redirect-http needs an HTTP port to redirect from (http:<port>)".into());
+        }
         let hot_reload = options
             .hot_reload
             .unwrap_or_else(|| default_hot_reload(env));
@@ -263,6 +278,8 @@ impl Config {
             bind: options.bind,
             port,
             https,
+            redirect_http: options.redirect_http,
+            hsts: options.hsts,
             workers: tokens.workers.unwrap_or_else(cpu_count),
             max_requests: tokens.max_requests.unwrap_or(DEFAULT_MAX_REQUESTS),
             max_requests_jitter: options.max_requests_jitter,
@@ -350,6 +367,12 @@ impl Config {
             args.push(format!("https:{}", https.port));
             args.push(format!("--cert={}", https.pair.cert.display()));
             args.push(format!("--key={}", https.pair.key.display()));
+        }
+        if self.redirect_http {
+            args.push("--redirect-http".into());
+        }
+        if let Some(max_age) = self.hsts {
+            args.push(format!("--hsts={max_age}"));
         }
         if let Some(n) = self.max_tunnels {
             args.push(format!("--max-tunnels={n}"));

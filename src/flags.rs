@@ -360,6 +360,14 @@ pub struct Options {
     #[arg(long, env = "RIP_KEY", value_name = "PEM")]
     pub key: Option<std::path::PathBuf>,
 
+    /// Answer every request on the HTTP port with a 308 to the same URL on the HTTPS port (the health route excepted)
+    #[arg(long, env = "RIP_REDIRECT_HTTP")]
+    pub redirect_http: bool,
+
+    /// Send Strict-Transport-Security: max-age=<seconds> on HTTPS answers (the app's own wins) [default max-age: 31536000]
+    #[arg(long, env = "RIP_HSTS", value_name = "MAX-AGE", num_args = 0..=1, default_missing_value = "31536000")]
+    pub hsts: Option<u64>,
+
     /// Answer the status route on this address only (e.g. 127.0.0.1:9000), not on the public port, where the app then gets it
     #[arg(long, env = "RIP_STATUS_BIND", value_name = "ADDR:PORT", value_parser = parse_status_bind)]
     pub status_bind: Option<std::net::SocketAddr>,

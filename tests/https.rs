@@ -763,3 +763,101 @@ fn a_thousand_half_open_handshakes_do_not_starve_service() {
     assert!(rss < 96 * 1024, "the LB peaked at {rss} KiB");
     drop(stalled);
 }
+
+#[test]
+fn redirect_http_sends_plain_requests_to_https_and_hsts_marks_https_answers() {
+    let pki = Pki::new();
+    let [cert, key] = pki.flags();
+    let server = Server::start(&[
+        &probe(),
+        "w:1",
+        "http:0",
+        "https:0",
+        &cert,
+        &key,
+        "--redirect-http",
+        "--hsts",
+    ]);
+    let port = https_port(&server);
+    // /status on HTTP is redirected too: ask over HTTPS.
+    eventually("the worker joined", || {
+        let got = curl(&pki, port, "/status", &[]);
+        String::from_utf8_lossy(&got.stdout)
+            .contains("\"workers\":1")
+            .then_some(())
+    });
+    let ask = |raw: &str| {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    let moved =
+        ask("GET /a/b?x=1 HTTP/1.1\r\nHost: shop.example:8080\r\nConnection: close\r\n\r\n");
+    assert!(
+        moved.starts_with("HTTP/1.1 308 Permanent Redirect\r\n"),
+        "{moved}"
+    );
+    assert!(
+        moved.contains(&format!(
+            "\r\nlocation: https://shop.example:{port}/a/b?x=1\r\n"
+        )),
+        "{moved}"
+    );
+    assert!(
+        !moved
+            .to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "{moved}"
+    );
+    let literal = ask("GET / HTTP/1.1\r\nHost: [::1]:80\r\nConnection: close\r\n\r\n");
+    assert!(
+        literal.contains(&format!("\r\nlocation: https://[::1]:{port}/\r\n")),
+        "{literal}"
+    );
+    // The health route stays on HTTP (a load balancer's probe).
+    let health = ask("GET /server HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok"),
+        "{health}"
+    );
+
+    // Over HTTPS: the app's answers and the LB's own carry HSTS.
+    for path in ["/pid", "/status"] {
+        let got = curl(&pki, port, path, &["-i"]);
+        let text = String::from_utf8_lossy(&got.stdout).to_ascii_lowercase();
+        assert!(
+            text.contains("\r\nstrict-transport-security: max-age=31536000\r\n"),
+            "{path}: {text}"
+        );
+    }
+    // curl follows the redirect to the app.
+    let followed = Command::new("curl")
+        .args(["-sS", "-L", "--max-time", "10", "--cacert"])
+        .arg(pki.path("ca.pem"))
+        .arg(format!("http://localhost:{}/pid", server.port))
+        .output()
+        .unwrap();
+    assert!(
+        followed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&followed.stderr)
+    );
+    let _: u32 = String::from_utf8_lossy(&followed.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+
+    let app = probe();
+    let line = refused(&[&app, "http:0", "--redirect-http"]);
+    assert!(
+        line.contains("--redirect-http") && line.contains("https"),
+        "{line}"
+    );
+    let line = refused(&[&app, "http:0", "--hsts=60"]);
+    assert!(line.contains("--hsts"), "{line}");
+}

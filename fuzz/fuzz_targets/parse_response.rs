@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         client_http10: cx.client_http10,
         close: cx.close,
         request_id: if cx.request_id { invariants::REQUEST_ID } else { b"" },
+        hsts: b"",
     };
     let parsed = http1::parse_response(buf, &asked, invariants::DATE, &mut out);
     match parsed {

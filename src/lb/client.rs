@@ -55,6 +55,9 @@ pub(super) async fn serve(
         lb.proxy.spools.clone(),
     );
     client.port = Some(local.port());
+    if client.https {
+        client.hsts = lb.hsts;
+    }
     client.trusted = lb.trusted_proxies.contains(peer.ip());
     let reading = Reading {
         timeouts: lb.timeouts,
@@ -79,6 +82,31 @@ pub(super) async fn serve(
         if lb.proxy.log.enabled() {
             client.path.clear();
             client.path.push_str(head.path(&client.buf));
+        }
+        if let Some(port) = lb
+            .redirect_https
+            .filter(|_| !client.https && on == Listener::Public)
+        {
+            if !lb.is_health(&head, &client.buf) {
+                let location = lb.redirect(&head, &client.buf, &client.host, port);
+                let extra = format!("location: {location}\r\n");
+                let own = Own {
+                    extra: extra.as_bytes(),
+                    body: b"",
+                    ..Own::text(308, "Permanent Redirect", "", false)
+                };
+                client.buf.drain(..head.len);
+                // A body is not read: close after the answer.
+                let close = *stop.borrow() || !head.keep_alive || head.body != http1::Framing::None;
+                if client
+                    .reply(&lb.proxy.log, &head, own, close, received)
+                    .await
+                    == Next::Close
+                {
+                    break;
+                }
+                continue;
+            }
         }
         let route = lb.route(&head, &client.buf, on);
         client.buf.drain(..head.len);
@@ -235,6 +263,7 @@ impl OwnRoute {
             close: false,
             retry_after: false,
             no_cache: true,
+            extra: b"",
         }
     }
 }

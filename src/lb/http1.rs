@@ -87,6 +87,9 @@ pub struct RequestHead {
     /// A WebSocket handshake (`Connection: upgrade`, `Upgrade: websocket`):
     /// forwarded with both, and a `101` turns the exchange into a tunnel.
     pub websocket: bool,
+    /// Where the (valid) host the client asked for lies in the buffer: its
+    /// `Host`, or the authority of an absolute target (None: it gave none).
+    pub host: Option<Range<usize>>,
 }
 
 impl RequestHead {
@@ -513,6 +516,11 @@ pub fn parse_request(
             put_header(out, f.name.as_bytes(), f.value);
         }
     }
+    let asked_host = match (&form, host) {
+        (Target::Absolute { authority, .. }, _) => Some(authority.clone()),
+        (Target::Origin, Some(host)) => Some(offset_of(buf, host)),
+        (Target::Origin, None) => None,
+    };
     let host = match (&form, host) {
         (Target::Absolute { authority, .. }, _) => {
             let authority = &buf[authority.clone()];
@@ -555,6 +563,7 @@ pub fn parse_request(
         expect_continue,
         websocket,
         request_id,
+        host: asked_host,
     }))
 }
 
@@ -669,7 +678,7 @@ pub fn parse_switch(
     out.extend_from_slice(b"HTTP/1.1 101 ");
     out.extend_from_slice(response.reason.unwrap_or("Switching Protocols").as_bytes());
     out.extend_from_slice(b"\r\n");
-    put_response_fields(out, response.headers, &connection, date, request_id);
+    put_response_fields(out, response.headers, &connection, date, request_id, b"");
     out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
     Ok(Some(len))
 }
@@ -677,16 +686,22 @@ pub fn parse_switch(
 /// Writes the fields of an app's response head that go on to the client
 /// (hop-by-hop, internal and `Connection`-named ones dropped, framing and
 /// `Date` the LB's own), then the LB's `Date`, and the request's id unless
-/// the app sent one of its own (an empty `request_id`: none).
+/// the app sent one of its own (an empty `request_id`: none), and
+/// `Strict-Transport-Security: <hsts>` likewise (empty: none).
 fn put_response_fields(
     out: &mut Vec<u8>,
     headers: &[httparse::Header<'_>],
     connection: &[&[u8]],
     date: &[u8],
     request_id: &[u8],
+    hsts: &[u8],
 ) {
     let mut has_id = false;
+    let mut has_sts = false;
     for f in headers {
+        if !hsts.is_empty() && f.name.eq_ignore_ascii_case("strict-transport-security") {
+            has_sts = true;
+        }
         let kept = match field(f.name) {
             Field::Claim(claim) => {
                 has_id |= claim == Claim::RequestId;
@@ -707,6 +722,9 @@ fn put_response_fields(
     if !has_id && !request_id.is_empty() {
         put_header(out, b"x-request-id", request_id);
     }
+    if !has_sts && !hsts.is_empty() {
+        put_header(out, b"strict-transport-security", hsts);
+    }
 }
 
 /// What a response answers: how the request asked for it.
@@ -721,6 +739,9 @@ pub struct Asked<'a> {
     /// The request's id, echoed in `X-Request-Id` unless the app sent one
     /// (empty: none).
     pub request_id: &'a [u8],
+    /// `Strict-Transport-Security` for the client unless the app sent its
+    /// own (empty: none).
+    pub hsts: &'a [u8],
 }
 
 /// Parses a worker's response head at the start of `buf` and writes the
@@ -738,6 +759,7 @@ pub fn parse_response(
         client_http10,
         mut close,
         request_id,
+        hsts,
     } = *asked;
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut fields);
@@ -847,7 +869,7 @@ pub fn parse_response(
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    put_response_fields(out, response.headers, &connection, date, request_id);
+    put_response_fields(out, response.headers, &connection, date, request_id, hsts);
     match (relay, length) {
         // A 204 has no framing at all (RFC 9110 §8.6, §6.1): a client that
         // took a length on it would read the next response as its body.
@@ -907,6 +929,9 @@ pub struct Own<'a> {
     pub retry_after: bool,
     /// `Cache-Control: no-cache` (the LB's own routes, as the original).
     pub no_cache: bool,
+    /// Header lines it carries besides, each ending in CRLF (a redirect's
+    /// `Location`, HSTS).
+    pub extra: &'a [u8],
 }
 
 impl Own<'static> {
@@ -924,6 +949,7 @@ impl Own<'static> {
             close,
             retry_after: false,
             no_cache: false,
+            extra: b"",
         }
     }
 }
@@ -955,6 +981,7 @@ pub fn own_response(own: &Own<'_>, date: &[u8], request_id: &[u8], out: &mut Vec
     if own.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
+    out.extend_from_slice(own.extra);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(own.body);
 }
@@ -1312,6 +1339,7 @@ mod tests {
             client_http10: http10,
             close,
             request_id: b"",
+            hsts: b"",
         };
         let (parsed, relay, close) = parse_response(
             raw.as_bytes(),
@@ -1802,6 +1830,34 @@ mod tests {
             "HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
             false
         ));
+    }
+
+    #[test]
+    fn hsts_is_added_unless_the_app_sent_its_own() {
+        let asked = Asked {
+            hsts: b"max-age=60",
+            ..Asked::default()
+        };
+        let mut out = Vec::new();
+        let plain = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        parse_response(plain.as_bytes(), &asked, b"D", &mut out).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.contains("\r\nstrict-transport-security: max-age=60\r\n"),
+            "{text}"
+        );
+        let own =
+            "HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=5\r\nContent-Length: 0\r\n\r\n";
+        parse_response(own.as_bytes(), &asked, b"D", &mut out).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap().to_ascii_lowercase();
+        assert_eq!(
+            text.matches("strict-transport-security").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("max-age=5"), "{text}");
+        parse_response(plain.as_bytes(), &Asked::default(), b"D", &mut out).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("strict"));
     }
 
     #[test]

@@ -118,6 +118,10 @@ struct Lb {
     /// on the public one.
     status_apart: bool,
     app: String,
+    /// `--redirect-http`: the HTTPS port plain requests are sent to.
+    redirect_https: Option<u16>,
+    /// `--hsts`, for HTTPS clients.
+    hsts: proxy::Hsts,
     /// `{"http": <port>, "https": <port>}`, for `/status`.
     ports: serde_json::Value,
     workers: usize,
@@ -209,6 +213,12 @@ async fn serve(
         status_apart: config.status_bind.is_some(),
         app: config.app.name.clone(),
         ports: ports(&config),
+        redirect_https: config
+            .https
+            .as_ref()
+            .filter(|_| config.redirect_http)
+            .map(|h| h.port),
+        hsts: config.hsts.map(proxy::Hsts::new).unwrap_or_default(),
         workers: config.workers,
         started: Instant::now(),
     });
@@ -435,6 +445,39 @@ impl Lb {
                 body: b"Not Found".to_vec(),
             }),
             _ => None,
+        }
+    }
+
+    /// Whether a request is for the LB's health route.
+    fn is_health(&self, head: &RequestHead, buf: &[u8]) -> bool {
+        matches!(head.method, Method::GET | Method::HEAD)
+            && self.health_path.as_deref() == Some(head.path(buf))
+    }
+
+    /// Where `--redirect-http` sends a plain request: the same host (the
+    /// one it asked for, else the address it reached) and target on the
+    /// HTTPS port.
+    fn redirect(&self, head: &RequestHead, buf: &[u8], reached: &str, port: u16) -> String {
+        let asked = head
+            .host
+            .clone()
+            .and_then(|r| std::str::from_utf8(&buf[r]).ok())
+            .unwrap_or(reached);
+        let host = match asked.strip_prefix('[') {
+            // An IPv6 literal keeps its brackets.
+            Some(rest) => rest
+                .split_once(']')
+                .map_or(asked, |(ip, _)| &asked[..ip.len() + 2]),
+            None => asked.rsplit_once(':').map_or(asked, |(host, _)| host),
+        };
+        let target = match head.target(buf) {
+            "" => "/",
+            target => target,
+        };
+        if port == 443 {
+            format!("https://{host}{target}")
+        } else {
+            format!("https://{host}:{port}{target}")
         }
     }
 

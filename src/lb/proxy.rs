@@ -146,6 +146,8 @@ pub struct Client {
     pub peer: Option<IpAddr>,
     /// The client came over TLS.
     pub https: bool,
+    /// What its HTTPS answers carry as `Strict-Transport-Security`.
+    pub hsts: Hsts,
     /// Bytes read from the client; the current request's body (after its
     /// head has been parsed and dropped) comes first.
     pub buf: Vec<u8>,
@@ -178,6 +180,7 @@ impl Client {
     pub fn new(socket: Conn, peer: Option<IpAddr>, host: String, spools: Spools) -> Client {
         Client {
             https: socket.is_tls(),
+            hsts: Hsts::default(),
             socket,
             peer,
             port: None,
@@ -205,6 +208,14 @@ impl Client {
         own: Own<'_>,
         received: Instant,
     ) -> bool {
+        let own = if own.extra.is_empty() {
+            Own {
+                extra: self.hsts.line,
+                ..own
+            }
+        } else {
+            own
+        };
         let date = self.date.now();
         http1::own_response(&own, date, self.request_id.as_bytes(), &mut self.resp_head);
         let bytes = if head.is_some_and(|h| h.method == hyper::Method::HEAD) {
@@ -284,6 +295,27 @@ impl Client {
             }
         }
         self.backlog.shrink(KEEP_CAPACITY);
+    }
+}
+
+/// `Strict-Transport-Security` as the LB sends it on HTTPS answers
+/// (`--hsts`): the value and the whole header line; empty when off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hsts {
+    pub value: &'static [u8],
+    pub line: &'static [u8],
+}
+
+impl Hsts {
+    /// Made once per LB: the strings live as long as it does.
+    pub fn new(max_age: u64) -> Hsts {
+        let value: &'static str = Box::leak(format!("max-age={max_age}").into_boxed_str());
+        let line: &'static str =
+            Box::leak(format!("strict-transport-security: {value}\r\n").into_boxed_str());
+        Hsts {
+            value: value.as_bytes(),
+            line: line.as_bytes(),
+        }
     }
 }
 
@@ -602,6 +634,7 @@ impl Proxy {
                 buffering: self.response_buffering,
                 websocket: head.websocket,
                 request_id: client.request_id,
+                hsts: client.hsts.value,
             },
         );
         let answer = if ex.phase() == Phase::AwaitingHead {
@@ -1210,6 +1243,8 @@ struct Shape {
     websocket: bool,
     /// Echoed to the client unless the app sends its own.
     request_id: RequestId,
+    /// `Strict-Transport-Security` unless the app sends its own.
+    hsts: &'static [u8],
 }
 
 /// Reads the worker's response head (by the exchange's read deadline) and
@@ -1244,6 +1279,7 @@ async fn respond(
             client_http10: shape.http10,
             close: shape.close,
             request_id: shape.request_id.as_bytes(),
+            hsts: shape.hsts,
         };
         let parsed = http1::parse_response(buf, &asked, date.now(), resp_head);
         match parsed {

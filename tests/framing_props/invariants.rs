@@ -1230,6 +1230,7 @@ fn parse_response(buf: &[u8], cx: ResponseContext, out: &mut Vec<u8>) -> Respons
         client_http10: cx.client_http10,
         close: cx.close,
         request_id: if cx.request_id { REQUEST_ID } else { b"" },
+        hsts: b"",
     };
     http1::parse_response(buf, &asked, DATE, out)
 }
