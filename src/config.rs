@@ -100,8 +100,10 @@ pub use crate::apps::Env;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Https {
     pub port: u16,
-    /// The files served.
+    /// The files served: to clients that name none of `more`'s, or none.
     pub pair: crate::certs::Pair,
+    /// More pairs, each served to the names its certificate is for (SNI).
+    pub more: Vec<crate::certs::Pair>,
     /// A development certificate the front makes (or renews) as `pair`
     /// before anything starts; None: the files are the user's.
     pub dev: Option<Dev>,
@@ -365,8 +367,10 @@ impl Config {
         }
         if let Some(https) = &self.https {
             args.push(format!("https:{}", https.port));
-            args.push(format!("--cert={}", https.pair.cert.display()));
-            args.push(format!("--key={}", https.pair.key.display()));
+            for pair in std::iter::once(&https.pair).chain(&https.more) {
+                args.push(format!("--cert={}", pair.cert.display()));
+                args.push(format!("--key={}", pair.key.display()));
+            }
         }
         if self.redirect_http {
             args.push("--redirect-http".into());
@@ -405,15 +409,25 @@ fn listeners(
     env: Env,
     paths: &Paths,
 ) -> Result<(Option<u16>, Option<Https>), String> {
-    let files = match (&options.cert, &options.key) {
-        (Some(cert), Some(key)) => Some(crate::certs::Pair {
-            cert: absolute(cert)?,
-            key: absolute(key)?,
-        }),
-        (Some(_), None) => return Err("--cert needs --key=<pem> too".into()),
-        (None, Some(_)) => return Err("--key needs --cert=<pem> too".into()),
-        (None, None) => None,
-    };
+    if options.cert.len() != options.key.len() {
+        return Err(if options.cert.len() > options.key.len() {
+            "each --cert needs its --key=<pem>".into()
+        } else {
+            "each --key needs its --cert=<pem>".into()
+        });
+    }
+    let mut pairs = options
+        .cert
+        .iter()
+        .zip(&options.key)
+        .map(|(cert, key)| {
+            Ok(crate::certs::Pair {
+                cert: absolute(cert)?,
+                key: absolute(key)?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let files = (!pairs.is_empty()).then(|| pairs.remove(0));
     let asked = tokens.https_port.is_some() || tokens.https_mode.is_some();
     if files.is_some()
         && !asked
@@ -490,6 +504,7 @@ fn listeners(
         Some(Https {
             port: https_port,
             pair,
+            more: pairs,
             dev,
         }),
     ))

@@ -352,13 +352,13 @@ pub struct Options {
     #[arg(long, env = "RIP_STATUS_PATH", value_name = "PATH|none", default_value = "/status", value_parser = parse_route)]
     pub status_path: Route,
 
-    /// The certificate (PEM, its chain after it) served on the https:<port> listener
-    #[arg(long, env = "RIP_CERT", value_name = "PEM")]
-    pub cert: Option<std::path::PathBuf>,
+    /// The certificate (PEM, its chain after it) served on the https:<port> listener; repeat with --key for more names (chosen by SNI, the first is the default)
+    #[arg(long, env = "RIP_CERT", value_name = "PEM", action = clap::ArgAction::Append)]
+    pub cert: Vec<std::path::PathBuf>,
 
-    /// The private key (PEM) of --cert
-    #[arg(long, env = "RIP_KEY", value_name = "PEM")]
-    pub key: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --cert (the n-th --key is the n-th --cert's)
+    #[arg(long, env = "RIP_KEY", value_name = "PEM", action = clap::ArgAction::Append)]
+    pub key: Vec<std::path::PathBuf>,
 
     /// Answer every request on the HTTP port with a 308 to the same URL on the HTTPS port (the health route excepted)
     #[arg(long, env = "RIP_REDIRECT_HTTP")]

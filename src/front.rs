@@ -45,7 +45,9 @@ fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure>
     // certificate fails here, before anything is bound or started.
     if let Some(https) = &config.https {
         make_dev_certificate(https)?;
-        crate::certs::load(&https.pair).map_err(Failure::Usage)?;
+        for pair in std::iter::once(&https.pair).chain(&https.more) {
+            crate::certs::load(pair).map_err(Failure::Usage)?;
+        }
     }
     let mut listeners = Listeners::default();
     if let Some(port) = config.port {

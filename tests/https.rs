@@ -63,6 +63,7 @@ impl Pki {
         Pki::leaf_in(dir.path(), "leaf", "DNS:localhost,IP:127.0.0.1", &run);
         Pki::leaf_in(dir.path(), "other", "DNS:other.example", &run);
         Pki::leaf_in(dir.path(), "renewed", "DNS:localhost,IP:127.0.0.1", &run);
+        Pki::leaf_in(dir.path(), "wild", "DNS:*.wild.example", &run);
         let chain = [
             std::fs::read_to_string(dir.path().join("leaf.pem")).unwrap(),
             std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
@@ -860,4 +861,75 @@ fn redirect_http_sends_plain_requests_to_https_and_hsts_marks_https_answers() {
     );
     let line = refused(&[&app, "http:0", "--hsts=60"]);
     assert!(line.contains("--hsts"), "{line}");
+}
+
+/// The serial of the certificate served to a client asking for `name`
+/// (None: no SNI at all).
+fn serial_for(port: u16, name: Option<&str>) -> Option<String> {
+    let mut command = Command::new("openssl");
+    command.args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-ign_eof",
+    ]);
+    match name {
+        Some(name) => command.args(["-servername", name]),
+        None => command.arg("-noservername"),
+    };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(GET_PING).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let start = shown.find("-----BEGIN CERTIFICATE-----")?;
+    let end = shown.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    serial_of_pem(&shown[start..end])
+}
+
+#[test]
+fn sni_picks_the_exact_name_then_a_one_label_wildcard_then_the_first_pair() {
+    let pki = Pki::new();
+    let flags = |name: &str, key: &str| {
+        [
+            format!("--cert={}", pki.path(name).display()),
+            format!("--key={}", pki.path(key).display()),
+        ]
+    };
+    let mut args = vec![probe(), "w:1".into(), "https:0".into()];
+    args.extend(flags("chain.pem", "leaf.key"));
+    args.extend(flags("wild.pem", "wild.key"));
+    args.extend(flags("other.pem", "other.key"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args);
+    server.wait_workers(1);
+    let port = https_port(&server);
+    let serial = |file: &str| serial_of_pem(&std::fs::read_to_string(pki.path(file)).unwrap());
+    let (default, wild, other) = (serial("leaf.pem"), serial("wild.pem"), serial("other.pem"));
+    for (name, want) in [
+        (Some("other.example"), &other),
+        (Some("OTHER.Example"), &other),
+        (Some("api.wild.example"), &wild),
+        (Some("API.WILD.EXAMPLE"), &wild),
+        (Some("a.b.wild.example"), &default),
+        (Some("wild.example"), &default),
+        (Some("localhost"), &default),
+        (Some("unknown.example"), &default),
+        (None, &default),
+    ] {
+        assert_eq!(&serial_for(port, name), want, "{name:?}");
+    }
+    let app = probe();
+    let line = refused(&[
+        &app,
+        "https:0",
+        &flags("leaf.pem", "leaf.key")[0],
+        &flags("leaf.pem", "leaf.key")[1],
+        &flags("other.pem", "x")[0],
+    ]);
+    assert!(line.contains("--key"), "{line}");
 }

@@ -143,9 +143,15 @@ async fn serve(
     let listener = fds.http.map(listen).transpose()?;
     let https = match (fds.https, &config.https) {
         (Some(fd), Some(https)) => {
-            let (tls, certs) = tls::server_config(&https.pair).map_err(Failure::fatal)?;
+            let pairs: Vec<_> = std::iter::once(&https.pair)
+                .chain(&https.more)
+                .cloned()
+                .collect();
+            let (tls, certs) = tls::server_config(&pairs).map_err(Failure::fatal)?;
             // Renewed files are served without a restart.
-            tokio::spawn(tls::watch(certs, https.pair.clone()));
+            for (i, pair) in pairs.into_iter().enumerate() {
+                tokio::spawn(tls::watch(certs.clone(), i, pair));
+            }
             Some((listen(fd)?, tls))
         }
         _ => None,

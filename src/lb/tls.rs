@@ -33,32 +33,84 @@ const RAW_CHUNK: usize = 17 * 1024;
 /// How long a closed connection's last bytes may take to leave.
 const LINGER: Duration = Duration::from_secs(5);
 
-/// The certificate served (rustls asks for it at each handshake).
+/// The certificates served (rustls asks at each handshake): the one whose
+/// names hold the name the client asked for (SNI) — an exact name before a
+/// wildcard, which covers one label; case-insensitive — else the first.
 #[derive(Debug)]
 pub struct Certs {
-    current: std::sync::RwLock<Arc<CertifiedKey>>,
+    served: std::sync::RwLock<Vec<Served>>,
+}
+
+#[derive(Debug, Clone)]
+struct Served {
+    names: Vec<String>,
+    key: Arc<CertifiedKey>,
 }
 
 impl Certs {
-    pub fn new(key: Arc<CertifiedKey>) -> Certs {
+    pub fn new(loaded: Vec<crate::certs::Loaded>) -> Certs {
         Certs {
-            current: std::sync::RwLock::new(key),
+            served: std::sync::RwLock::new(
+                loaded
+                    .into_iter()
+                    .map(|l| Served {
+                        names: l.info.names,
+                        key: l.key,
+                    })
+                    .collect(),
+            ),
         }
     }
 
-    /// Serves `key` to the handshakes from now on (open connections keep
-    /// the one they were made with).
-    pub fn set(&self, key: Arc<CertifiedKey>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+    /// Serves `loaded` in place of pair `index` to the handshakes from now
+    /// on (open connections keep the one they were made with).
+    pub fn set(&self, index: usize, loaded: crate::certs::Loaded) {
+        let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = served.get_mut(index) {
+            *slot = Served {
+                names: loaded.info.names,
+                key: loaded.key,
+            };
+        }
+    }
+
+    /// The certificate for a client that asked for `name`.
+    pub fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let served = self.served.read().unwrap_or_else(|e| e.into_inner());
+        let chosen = name.and_then(|name| {
+            let exact = served.iter().find(|s| {
+                s.names
+                    .iter()
+                    .any(|n| !n.starts_with("*.") && n.eq_ignore_ascii_case(name))
+            });
+            exact.or_else(|| {
+                served.iter().find(|s| {
+                    s.names
+                        .iter()
+                        .any(|n| n.starts_with("*.") && crate::certs::name_matches(n, name))
+                })
+            })
+        });
+        chosen.or_else(|| served.first()).map(|s| s.key.clone())
+    }
+}
+
+impl ResolvesServerCert for Certs {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
     }
 }
 
 /// The TLS settings of the HTTPS listener: TLS 1.2 and 1.3, ALPN
-/// `http/1.1`, resumption by tickets and by session id; the certificate
-/// served is `pair`'s, swappable through the returned [`Certs`].
-pub fn server_config(pair: &Pair) -> Result<(Arc<ServerConfig>, Arc<Certs>), String> {
-    let loaded = crate::certs::load(pair)?;
-    let certs = Arc::new(Certs::new(loaded.key));
+/// `http/1.1`, resumption by tickets and by session id; the certificates
+/// served are `pairs`' (the first the default), swappable through the
+/// returned [`Certs`].
+pub fn server_config(pairs: &[Pair]) -> Result<(Arc<ServerConfig>, Arc<Certs>), String> {
+    let loaded = pairs
+        .iter()
+        .map(crate::certs::load)
+        .collect::<Result<Vec<_>, _>>()?;
+    let certs = Arc::new(Certs::new(loaded));
     let mut config = ServerConfig::builder_with_provider(crate::certs::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
@@ -90,7 +142,7 @@ fn stamp(pair: &Pair) -> Option<[(std::time::SystemTime, u64, u64); 2]> {
 /// Watches `pair`'s files for as long as the LB runs: a changed pair that
 /// loads (readable, matching, valid now) is served to new handshakes; one
 /// that does not keeps the old pair, and the log says why.
-pub async fn watch(certs: Arc<Certs>, pair: Pair) {
+pub async fn watch(certs: Arc<Certs>, index: usize, pair: Pair) {
     let mut seen = stamp(&pair);
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
@@ -102,27 +154,16 @@ pub async fn watch(certs: Arc<Certs>, pair: Pair) {
         seen = stamp(&pair);
         match crate::certs::load(&pair) {
             Ok(loaded) => {
-                certs.set(loaded.key);
                 tracing::info!(
                     "serving the renewed certificate {} (serial {}, valid until {})",
                     pair.cert.display(),
                     loaded.info.serial,
                     crate::certs::date(loaded.info.not_after)
                 );
+                certs.set(index, loaded);
             }
             Err(why) => tracing::warn!("kept the certificate served so far: {why}"),
         }
-    }
-}
-
-impl ResolvesServerCert for Certs {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
     }
 }
 
