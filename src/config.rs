@@ -6,6 +6,7 @@
 //! flags, so a role started with them rebuilds the same config.
 
 use std::net::IpAddr;
+use std::path::Path;
 
 use std::time::Duration;
 
@@ -148,6 +149,8 @@ struct Tokens {
     https_port: Option<u16>,
     https_mode: Option<Mode>,
     protocol: Option<Protocol>,
+    /// Bare `.pem`/`.crt`/`.key` arguments: a certificate and its key.
+    pem_files: Vec<String>,
     workers: Option<usize>,
     max_requests: Option<u64>,
 }
@@ -195,6 +198,8 @@ impl Tokens {
                 tokens.max_requests = Some(n.parse::<u64>().map_err(|_| {
                     format!("{arg}: requests per worker must be a whole number (0 = never recycle)")
                 })?);
+            } else if is_pem_name(arg) {
+                tokens.pem_files.push(arg.clone());
             } else if tokens.app.is_none() {
                 tokens.app = Some(arg.clone());
             } else {
@@ -427,8 +432,19 @@ fn listeners(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    if !tokens.pem_files.is_empty() {
+        if !pairs.is_empty() {
+            return Err(format!(
+                "{}: give certificate files either bare or as --cert/--key, not both",
+                tokens.pem_files.join(" ")
+            ));
+        }
+        pairs.push(bare_pair(&tokens.pem_files)?);
+    }
     let files = (!pairs.is_empty()).then(|| pairs.remove(0));
-    let asked = tokens.https_port.is_some() || tokens.https_mode.is_some();
+    // Bare certificate files ask for HTTPS by themselves.
+    let asked =
+        tokens.https_port.is_some() || tokens.https_mode.is_some() || !tokens.pem_files.is_empty();
     if files.is_some()
         && !asked
         && tokens.protocol != Some(Protocol::Https)
@@ -508,6 +524,42 @@ fn listeners(
             dev,
         }),
     ))
+}
+
+/// A certificate or key file's name.
+fn is_pem_name(arg: &str) -> bool {
+    let lower = arg.to_ascii_lowercase();
+    [".pem", ".crt", ".key"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
+}
+
+/// Two bare files, in any order: the one holding a private key is the key.
+fn bare_pair(files: &[String]) -> Result<crate::certs::Pair, String> {
+    let [a, b] = files else {
+        return Err(format!(
+            "{}: bare certificate files come as two, a certificate and its key",
+            files.join(" ")
+        ));
+    };
+    let holds_key = |file: &str| {
+        std::fs::read_to_string(file)
+            .map(|text| text.contains("PRIVATE KEY-----"))
+            .map_err(|e| format!("{file}: cannot read it: {e}"))
+    };
+    let (cert, key) = match (holds_key(a)?, holds_key(b)?) {
+        (false, true) => (a, b),
+        (true, false) => (b, a),
+        _ => {
+            return Err(format!(
+                "{a} and {b}: one must be a certificate and the other its private key"
+            ))
+        }
+    };
+    Ok(crate::certs::Pair {
+        cert: absolute(Path::new(cert))?,
+        key: absolute(Path::new(key))?,
+    })
 }
 
 /// `RIP_ENV` (else `NODE_ENV`) as set.

@@ -933,3 +933,49 @@ fn sni_picks_the_exact_name_then_a_one_label_wildcard_then_the_first_pair() {
     ]);
     assert!(line.contains("--key"), "{line}");
 }
+
+#[test]
+fn two_bare_certificate_files_in_either_order_are_the_certificate_and_its_key() {
+    let pki = Pki::new();
+    let (key, cert) = (pki.path("leaf.key"), pki.path("chain.pem"));
+    for (first, second) in [(&key, &cert), (&cert, &key)] {
+        let args = [
+            probe(),
+            "w:1".into(),
+            "https:0".into(),
+            first.display().to_string(),
+            second.display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start(&args);
+        server.wait_workers(1);
+        let port = https_port(&server);
+        let got = curl(&pki, port, "/pid", &[]);
+        assert!(
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+    }
+
+    let app = probe();
+    let (leaf, other) = (pki.path("leaf.pem"), pki.path("other.pem"));
+    let one = refused(&[&app, "https:0", &cert.display().to_string()]);
+    assert!(one.contains("come as two"), "{one}");
+    let two_certs = refused(&[
+        &app,
+        "https:0",
+        &leaf.display().to_string(),
+        &other.display().to_string(),
+    ]);
+    assert!(two_certs.contains("private key"), "{two_certs}");
+    let both = refused(&[
+        &app,
+        "https:0",
+        &leaf.display().to_string(),
+        &key.display().to_string(),
+        &format!("--cert={}", cert.display()),
+        &format!("--key={}", key.display()),
+    ]);
+    assert!(both.contains("not both"), "{both}");
+}
