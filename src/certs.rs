@@ -373,36 +373,8 @@ fn read_text(path: &Path) -> Result<String, String> {
 /// Writes a certificate and its key, each mode 0600 in a directory of mode
 /// 0700, each replaced whole (a reader never sees half a file).
 fn write_pair(pair: &Pair, cert: &str, key: &str) -> Result<(), String> {
-    write_private(&pair.key, key.as_bytes())?;
-    write_private(&pair.cert, cert.as_bytes())
-}
-
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(fail)?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&temp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(fail)?;
-    file.write_all(contents).map_err(fail)?;
-    drop(file);
-    std::fs::rename(&temp, path).map_err(fail)
+    crate::paths::write_private(&pair.key, key.as_bytes())?;
+    crate::paths::write_private(&pair.cert, cert.as_bytes())
 }
 
 /// SHA-256 of a certificate, hex pairs joined by ':'.

@@ -512,7 +512,7 @@ fn listeners(
                 Some(Mode::Ca) => "ca",
                 _ => "smart",
             },
-            production_setting(env).unwrap_or_default()
+            environment(env).map(|(name, value)| format!("{name}={value}")).unwrap_or_default()
         ));
     }
     Ok((
@@ -562,21 +562,19 @@ fn bare_pair(files: &[String]) -> Result<crate::certs::Pair, String> {
     })
 }
 
-/// `RIP_ENV` (else `NODE_ENV`) as set.
-fn production_setting(env: Env) -> Option<String> {
-    let (name, value) = match env("RIP_ENV") {
-        Some(value) if !value.is_empty() => ("RIP_ENV", value),
-        _ => ("NODE_ENV", env("NODE_ENV")?),
-    };
-    Some(format!("{name}={value}"))
+/// The environment the server runs in: `RIP_ENV` if set (even empty), else
+/// `NODE_ENV`; the variable's name and its value. Hot reload's default and
+/// the production rule for certificates both read it here.
+fn environment(env: Env) -> Option<(&'static str, String)> {
+    match env("RIP_ENV") {
+        Some(value) => Some(("RIP_ENV", value)),
+        None => env("NODE_ENV").map(|value| ("NODE_ENV", value)),
+    }
 }
 
-/// Whether `RIP_ENV` (else `NODE_ENV`) says production.
+/// Whether the environment says production.
 fn production(env: Env) -> bool {
-    let setting = env("RIP_ENV")
-        .filter(|v| !v.is_empty())
-        .or_else(|| env("NODE_ENV"));
-    matches!(setting.as_deref(), Some("production") | Some("prod"))
+    matches!(environment(env), Some((_, v)) if v == "production" || v == "prod")
 }
 
 /// `path` made absolute (the roles run in the app's directory).
@@ -586,8 +584,7 @@ fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
 
 /// `module` in development (NODE_ENV/RIP_ENV unset, `development` or `dev`), else `none`.
 fn default_hot_reload(env: Env) -> HotReload {
-    let setting = env("RIP_ENV").or_else(|| env("NODE_ENV"));
-    match setting.as_deref() {
+    match environment(env).as_ref().map(|(_, value)| value.as_str()) {
         None | Some("") | Some("development") | Some("dev") => HotReload::Module,
         Some(_) => HotReload::None,
     }
@@ -611,6 +608,17 @@ mod tests {
             _ => None,
         };
         assert_eq!(default_hot_reload(&rip_wins), HotReload::Module);
+        // The production rule reads the same setting the same way: an
+        // empty RIP_ENV wins over NODE_ENV for both.
+        assert!(!production(&rip_wins));
+        assert!(production(&prod));
+        let empty_rip = |k: &str| match k {
+            "RIP_ENV" => Some(String::new()),
+            "NODE_ENV" => Some("production".to_string()),
+            _ => None,
+        };
+        assert_eq!(default_hot_reload(&empty_rip), HotReload::Module);
+        assert!(!production(&empty_rip));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 
 use nix::errno::Errno;
@@ -215,19 +215,4 @@ fn local_port(fd: &OwnedFd) -> Result<u16, Failure> {
         .map(|a| a.port())
         .or_else(|| addr.as_sockaddr_in6().map(|a| a.port()))
         .ok_or_else(|| Failure::fatal("the listener has no IP address"))
-}
-
-/// Writes `contents` to a new file of mode 0600 (removing a leftover of ours).
-pub fn write_private(path: &std::path::Path, contents: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    remove_ours(path, Owned::File).map_err(io::Error::other)?;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    // create_new honours the umask; make the mode exact.
-    file.set_permissions(fs::Permissions::from_mode(0o600))
 }

@@ -157,6 +157,42 @@ pub enum Owned {
     File,
 }
 
+/// Writes `contents` to `path`, mode 0600, replacing it whole (a reader
+/// never sees half a file): in a directory made 0700 if missing, over a
+/// leftover of ours only (see [`remove_ours`]).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let fail = |e: io::Error| format!("cannot write {}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail)?;
+    }
+    // What is there must be ours to replace.
+    remove_ours(path, Owned::File)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    remove_ours(&temp, Owned::File)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(fail)?;
+    file.write_all(contents).map_err(fail)?;
+    // create_new honours the umask; make the mode exact.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(fail)?;
+    drop(file);
+    fs::rename(&temp, path).map_err(fail)
+}
+
 /// Removes `path` if it is a leftover of ours (a socket or regular file, as
 /// `kind` says, owned by this user, not a symlink). Returns whether
 /// something was removed; refuses, with a reason, anything else.
@@ -204,6 +240,30 @@ pub fn remove_ours(path: &Path, kind: Owned) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_files_are_0600_replaced_whole_and_never_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("new/dir/file.key");
+        write_private(&path, b"one").expect("write");
+        write_private(&path, b"two").expect("replace");
+        assert_eq!(fs::read(&path).expect("read"), b"two");
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("parent")), 0o700);
+        let left: Vec<_> = fs::read_dir(path.parent().expect("parent"))
+            .expect("list")
+            .collect();
+        assert_eq!(left.len(), 1, "a temp file was left");
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, b"theirs").expect("write target");
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = write_private(&link, b"mine").expect_err("through a symlink");
+        assert!(err.contains("symlink"), "{err}");
+        assert_eq!(fs::read(&target).expect("read target"), b"theirs");
+    }
 
     #[test]
     fn prefix_defaults_to_variant_and_app() {

@@ -55,7 +55,7 @@ pub(super) async fn serve(
         lb.proxy.spools.clone(),
     );
     client.port = Some(local.port());
-    if client.https {
+    if client.https() {
         client.hsts = lb.hsts;
     }
     client.trusted = lb.trusted_proxies.contains(peer.ip());
@@ -83,32 +83,7 @@ pub(super) async fn serve(
             client.path.clear();
             client.path.push_str(head.path(&client.buf));
         }
-        if let Some(port) = lb
-            .redirect_https
-            .filter(|_| !client.https && on == Listener::Public)
-        {
-            if !lb.is_health(&head, &client.buf) {
-                let location = lb.redirect(&head, &client.buf, &client.host, port);
-                let extra = format!("location: {location}\r\n");
-                let own = Own {
-                    extra: extra.as_bytes(),
-                    body: b"",
-                    ..Own::text(308, "Permanent Redirect", "", false)
-                };
-                client.buf.drain(..head.len);
-                // A body is not read: close after the answer.
-                let close = *stop.borrow() || !head.keep_alive || head.body != http1::Framing::None;
-                if client
-                    .reply(&lb.proxy.log, &head, own, close, received)
-                    .await
-                    == Next::Close
-                {
-                    break;
-                }
-                continue;
-            }
-        }
-        let route = lb.route(&head, &client.buf, on);
+        let route = lb.route(&head, &client, on);
         client.buf.drain(..head.len);
         let closing = *stop.borrow();
         let next = match route {
@@ -192,7 +167,7 @@ async fn read_head(
                 hop: Hop {
                     client: client.peer,
                     trusted: client.trusted.then_some(reading.proxies),
-                    https: client.https,
+                    https: client.https(),
                     port: client.port,
                     request_id: client.request_id.as_bytes(),
                     received_us: micros_since_epoch(),
@@ -242,16 +217,28 @@ pub struct OwnRoute {
     pub reason: &'static str,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Header lines besides, each ending in CRLF (a redirect's `Location`).
+    pub extra: Vec<u8>,
 }
 
 impl OwnRoute {
-    pub fn ok(content_type: &'static str, body: Vec<u8>) -> OwnRoute {
+    pub fn new(
+        status: u16,
+        reason: &'static str,
+        content_type: &'static str,
+        body: Vec<u8>,
+    ) -> OwnRoute {
         OwnRoute {
-            status: 200,
-            reason: "OK",
+            status,
+            reason,
             content_type,
             body,
+            extra: Vec::new(),
         }
+    }
+
+    pub fn ok(content_type: &'static str, body: Vec<u8>) -> OwnRoute {
+        OwnRoute::new(200, "OK", content_type, body)
     }
 
     fn as_own(&self) -> Own<'_> {
@@ -263,7 +250,7 @@ impl OwnRoute {
             close: false,
             retry_after: false,
             no_cache: true,
-            extra: b"",
+            extra: &self.extra,
         }
     }
 }

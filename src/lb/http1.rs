@@ -1545,6 +1545,30 @@ mod tests {
         );
     }
 
+    /// `RequestHead::host` (what `--redirect-http` builds its `Location`
+    /// from) is the host the client asked for: its `Host`, the authority of
+    /// an absolute target, or none.
+    #[test]
+    fn the_asked_host_is_where_the_parser_found_it() {
+        let asked = |raw: &str| {
+            let (head, _) = ok(raw);
+            head.host.map(|r| raw[r].to_string())
+        };
+        assert_eq!(
+            asked("GET /a?b HTTP/1.1\r\nHost: shop.example:8080\r\n\r\n").as_deref(),
+            Some("shop.example:8080")
+        );
+        assert_eq!(
+            asked("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n").as_deref(),
+            Some("[::1]:80")
+        );
+        assert_eq!(
+            asked("GET http://abs.example/x HTTP/1.1\r\nHost: abs.example\r\n\r\n").as_deref(),
+            Some("abs.example")
+        );
+        assert_eq!(asked("GET /p HTTP/1.0\r\n\r\n"), None);
+    }
+
     #[test]
     fn request_targets_have_one_meaning() {
         for raw in [

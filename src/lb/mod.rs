@@ -427,8 +427,15 @@ impl Lb {
     /// (`/server`) and `--status-path` (`/status`), either of which may be
     /// `none` (left to the app). With `--status-bind` the status is only on
     /// its own listener (at `/status` if the path is `none`), which answers
-    /// nothing else (`404`).
-    fn route(&self, head: &RequestHead, buf: &[u8], on: client::Listener) -> Option<OwnRoute> {
+    /// nothing else (`404`). With `--redirect-http`, every other request on
+    /// the public HTTP port is answered `308` to the HTTPS port.
+    fn route(
+        &self,
+        head: &RequestHead,
+        client: &proxy::Client,
+        on: client::Listener,
+    ) -> Option<OwnRoute> {
+        let buf = &client.buf;
         let path = head.path(buf);
         let is = |route: Option<&str>| route == Some(path);
         let status_path = match on {
@@ -439,25 +446,30 @@ impl Lb {
             }
         };
         let get = matches!(head.method, Method::GET | Method::HEAD);
+        let redirect = self
+            .redirect_https
+            .filter(|_| on == client::Listener::Public && !client.https());
         match () {
             _ if get && is(self.health_path.as_deref()) => {
                 Some(OwnRoute::ok("text/plain", b"ok".to_vec()))
             }
+            _ if redirect.is_some() => {
+                let port = redirect?;
+                let location = self.redirect(head, buf, &client.host, port);
+                Some(OwnRoute {
+                    extra: format!("location: {location}\r\n").into_bytes(),
+                    ..OwnRoute::new(308, "Permanent Redirect", "text/plain", Vec::new())
+                })
+            }
             _ if get && is(status_path) => Some(OwnRoute::ok("application/json", self.status())),
-            _ if on == client::Listener::Status => Some(OwnRoute {
-                status: 404,
-                reason: "Not Found",
-                content_type: "text/plain",
-                body: b"Not Found".to_vec(),
-            }),
+            _ if on == client::Listener::Status => Some(OwnRoute::new(
+                404,
+                "Not Found",
+                "text/plain",
+                b"Not Found".to_vec(),
+            )),
             _ => None,
         }
-    }
-
-    /// Whether a request is for the LB's health route.
-    fn is_health(&self, head: &RequestHead, buf: &[u8]) -> bool {
-        matches!(head.method, Method::GET | Method::HEAD)
-            && self.health_path.as_deref() == Some(head.path(buf))
     }
 
     /// Where `--redirect-http` sends a plain request: the same host (the

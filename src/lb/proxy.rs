@@ -144,8 +144,6 @@ impl Drop for TunnelSlot<'_> {
 pub struct Client {
     pub socket: Conn,
     pub peer: Option<IpAddr>,
-    /// The client came over TLS.
-    pub https: bool,
     /// What its HTTPS answers carry as `Strict-Transport-Security`.
     pub hsts: Hsts,
     /// Bytes read from the client; the current request's body (after its
@@ -179,7 +177,6 @@ pub struct Client {
 impl Client {
     pub fn new(socket: Conn, peer: Option<IpAddr>, host: String, spools: Spools) -> Client {
         Client {
-            https: socket.is_tls(),
             hsts: Hsts::default(),
             socket,
             peer,
@@ -198,6 +195,11 @@ impl Client {
             eof: false,
             backlog: Backlog::new(spools),
         }
+    }
+
+    /// The client came over TLS.
+    pub fn https(&self) -> bool {
+        self.socket.is_tls()
     }
 
     /// Sends a complete answer of the LB's own, logged like any other.

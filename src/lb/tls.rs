@@ -283,13 +283,29 @@ struct State {
     writing: usize,
     /// Why writing failed, once it has.
     failed: Option<io::ErrorKind>,
-    /// `shutdown_write`: a close_notify, then the socket's write side closed.
-    closing: bool,
+    /// Where the connection's close stands (`shutdown_write`).
+    close: Close,
     /// The connection was dropped: the writer finishes and stops.
     dropped: bool,
 }
 
+/// A TLS connection's orderly close: asked for, its close_notify queued
+/// after everything written before, then the socket's write side shut once
+/// that has gone. The writer task takes each step ([`write_out`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    Open,
+    Asked,
+    Notified,
+    Shut,
+}
+
 impl State {
+    /// Moves the records rustls has ready into `out`.
+    fn collect(&mut self) {
+        collect(&mut self.conn, &mut self.out);
+    }
+
     fn queued(&self) -> usize {
         self.out.len() + self.writing
     }
@@ -324,7 +340,7 @@ impl State {
                 break;
             }
         }
-        collect(&mut self.conn, &mut self.out);
+        self.collect();
         Ok(taken)
     }
 }
@@ -340,7 +356,7 @@ impl TlsSocket {
                 out: Vec::new(),
                 writing: 0,
                 failed: None,
-                closing: false,
+                close: Close::Open,
                 dropped: false,
             }),
             work: Notify::new(),
@@ -420,7 +436,7 @@ impl TlsSocket {
         let processed = state.conn.process_new_packets();
         if state.conn.wants_write() {
             // An alert, a key update's answer: the writer sends it.
-            collect(&mut state.conn, &mut state.out);
+            state.collect();
             self.shared.work.notify_one();
         }
         processed
@@ -502,7 +518,11 @@ impl TlsSocket {
 
     /// Sends a close_notify after what is queued, then closes the write side.
     pub fn shutdown_write(&self) {
-        self.state().closing = true;
+        let mut state = self.state();
+        if state.close == Close::Open {
+            state.close = Close::Asked;
+        }
+        drop(state);
         self.shared.work.notify_one();
     }
 }
@@ -524,7 +544,6 @@ impl Shared {
 /// is dropped (then for at most [`LINGER`] more) or a write fails.
 async fn write_out(shared: Arc<Shared>) {
     let mut spare = Vec::new();
-    let mut shut = false;
     let mut linger: Option<Instant> = None;
     loop {
         let work = shared.work.notified();
@@ -532,13 +551,20 @@ async fn write_out(shared: Arc<Shared>) {
         work.as_mut().enable();
         let chunk = {
             let mut state = shared.state();
-            collect_state(&mut state);
-            if state.out.is_empty() && state.closing && !shut {
-                state.conn.send_close_notify();
-                collect_state(&mut state);
-                shut = true;
-                if state.out.is_empty() {
-                    shared.raw.shutdown_write();
+            state.collect();
+            if state.out.is_empty() {
+                // All that came before the close has gone: its next step.
+                match state.close {
+                    Close::Asked => {
+                        state.conn.send_close_notify();
+                        state.collect();
+                        state.close = Close::Notified;
+                    }
+                    Close::Notified => {
+                        shared.raw.shutdown_write();
+                        state.close = Close::Shut;
+                    }
+                    Close::Open | Close::Shut => {}
                 }
             }
             if state.out.is_empty() {
@@ -552,10 +578,10 @@ async fn write_out(shared: Arc<Shared>) {
                 }
                 let chunk = std::mem::replace(&mut state.out, std::mem::take(&mut spare));
                 state.writing = chunk.len();
-                Some((chunk, state.closing && shut))
+                Some(chunk)
             }
         };
-        let Some((mut chunk, last)) = chunk else {
+        let Some(mut chunk) = chunk else {
             work.await;
             continue;
         };
@@ -578,14 +604,7 @@ async fn write_out(shared: Arc<Shared>) {
         if wrote.is_err() {
             return;
         }
-        if last && shared.state().out.is_empty() {
-            shared.raw.shutdown_write();
-        }
         chunk.clear();
         spare = chunk;
     }
-}
-
-fn collect_state(state: &mut State) {
-    collect(&mut state.conn, &mut state.out);
 }

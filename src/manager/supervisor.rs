@@ -19,7 +19,7 @@ use crate::control::WorkerId;
 use crate::link::{self, LinkMsg};
 use crate::listeners::Listeners;
 use crate::paths::{answers, remove_ours, Owned, PidFile};
-use crate::{cli, front, lb, spawn, Failure};
+use crate::{cli, lb, spawn, Failure};
 
 use super::watch;
 
@@ -190,9 +190,8 @@ impl Supervisor {
     ) -> Result<Supervisor, Failure> {
         let paths = &config.paths;
         if matches!(config.app.kind, AppKind::Module { .. }) {
-            front::write_private(&paths.loader(), LOADER.as_bytes()).map_err(|e| {
-                Failure::fatal(format!("cannot write {}: {e}", paths.loader().display()))
-            })?;
+            crate::paths::write_private(&paths.loader(), LOADER.as_bytes())
+                .map_err(Failure::fatal)?;
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         let slots = (0..config.workers).map(|_| Slot::default()).collect();
