@@ -86,6 +86,45 @@ impl Info {
     }
 }
 
+/// What is worth a warning about the certificates served (each pair's
+/// file and what it is for, the default first): a certificate for no name
+/// (clients check subjectAltName only), a pair no client would get (every
+/// name it is for goes to an earlier one), and `host` — this machine's
+/// name, when it is a full domain name — covered by none.
+pub fn name_warnings(served: &[(&Path, &Info)], host: Option<&str>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (i, (file, info)) in served.iter().enumerate() {
+        if info.names.is_empty() {
+            warnings.push(format!(
+                "{}: the certificate names no host in its subjectAltName; clients will refuse it",
+                file.display()
+            ));
+            continue;
+        }
+        let earlier = &served[..i];
+        let taken = |name: &String| {
+            earlier
+                .iter()
+                .any(|(_, e)| e.names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        };
+        if i > 0 && info.names.iter().all(taken) {
+            warnings.push(format!(
+                "{}: never served; every name it is for ({}) goes to an earlier --cert",
+                file.display(),
+                info.names.join(", ")
+            ));
+        }
+    }
+    if let Some(host) = host.filter(|h| h.contains('.') && !h.ends_with(".local")) {
+        if !served.iter().any(|(_, info)| info.covers(host)) {
+            warnings.push(format!(
+                "no certificate served is for this machine's name {host}; clients that use it will refuse the connection"
+            ));
+        }
+    }
+    warnings
+}
+
 fn ip_of(bytes: &[u8]) -> Option<std::net::IpAddr> {
     match bytes.len() {
         4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
@@ -391,6 +430,54 @@ pub fn fingerprint(der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info_for(names: &[&str]) -> Info {
+        Info {
+            subject: String::new(),
+            issuer: String::new(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            not_before: 0,
+            not_after: 0,
+            serial: String::new(),
+            is_ca: false,
+        }
+    }
+
+    #[test]
+    fn names_worth_a_warning_are_warned_about_and_no_others() {
+        let (a, b, c) = (Path::new("a.pem"), Path::new("b.pem"), Path::new("c.pem"));
+        let site = info_for(&["example.com", "*.example.com"]);
+        let api = info_for(&["api.example.com"]);
+        let nameless = info_for(&[]);
+        // Each pair has a name of its own, the host is covered: nothing.
+        assert!(name_warnings(&[(a, &site), (b, &api)], Some("web1.example.com")).is_empty());
+        assert!(name_warnings(&[(a, &site)], Some("Example.COM")).is_empty());
+        // A host name that is not a domain name, or none: not checked.
+        assert!(name_warnings(&[(a, &site)], Some("web1")).is_empty());
+        assert!(name_warnings(&[(a, &site)], Some("laptop.local")).is_empty());
+        assert!(name_warnings(&[(a, &site)], None).is_empty());
+        let only = |w: Vec<String>| {
+            assert_eq!(w.len(), 1, "{w:?}");
+            w[0].clone()
+        };
+        assert!(
+            only(name_warnings(&[(a, &site)], Some("web1.other.org"))).contains("web1.other.org")
+        );
+        assert!(only(name_warnings(&[(c, &nameless)], None))
+            .starts_with("c.pem: the certificate names no host"));
+        // A later pair whose names all go to an earlier one; an exact name
+        // beats an earlier wildcard, so that one is served.
+        let again = info_for(&["EXAMPLE.com"]);
+        assert!(only(name_warnings(&[(a, &site), (b, &again)], None))
+            .starts_with("b.pem: never served"));
+        assert!(name_warnings(
+            &[(a, &site), (b, &api), (c, &info_for(&["x.example.com"]))],
+            None
+        )
+        .is_empty());
+        // The first pair is the default: it is served to every other name.
+        assert!(name_warnings(&[(a, &api), (b, &site)], None).is_empty());
+    }
     use rustls::client::danger::ServerCertVerifier;
 
     #[test]

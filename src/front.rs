@@ -45,8 +45,22 @@ fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure>
     // certificate fails here, before anything is bound or started.
     if let Some(https) = &config.https {
         make_dev_certificate(https)?;
+        let mut served = Vec::new();
         for pair in std::iter::once(&https.pair).chain(&https.more) {
-            crate::certs::load(pair).map_err(Failure::Usage)?;
+            served.push(crate::certs::load(pair).map_err(Failure::Usage)?.info);
+        }
+        if https.dev.is_none() {
+            let files: Vec<_> = std::iter::once(&https.pair)
+                .chain(&https.more)
+                .map(|p| p.cert.as_path())
+                .collect();
+            let served: Vec<_> = files.into_iter().zip(served.iter()).collect();
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok());
+            for warning in crate::certs::name_warnings(&served, host.as_deref()) {
+                crate::output::STDERR.line(format!("rip-server: warning: {warning}").as_bytes());
+            }
         }
     }
     let mut listeners = Listeners::default();

@@ -734,6 +734,78 @@ fn renewed_certificate_files_are_served_without_a_restart_and_a_bad_pair_is_not(
     assert_eq!(served_serial(port).as_deref(), Some(renewed.as_str()));
 }
 
+/// Writes `from` over `to` in place, padded to `len` bytes, with `to`'s
+/// inode, size and modification time kept: a change no watcher of the
+/// file's metadata can see.
+fn overwrite_unseen(from: &Path, to: &Path, len: usize) {
+    let mut text = std::fs::read(from).unwrap();
+    assert!(text.len() <= len, "{} is longer than {len}", from.display());
+    text.resize(len, b'\n');
+    let modified = std::fs::metadata(to).ok().map(|m| m.modified().unwrap());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)
+        .unwrap();
+    file.write_all(&text).unwrap();
+    if let Some(modified) = modified {
+        file.set_modified(modified).unwrap();
+    }
+}
+
+#[test]
+fn sighup_rereads_the_certificates_without_restarting_the_lb() {
+    let pki = Pki::new();
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        work.path().join("served.crt"),
+        work.path().join("served.key"),
+    );
+    overwrite_unseen(&pki.path("leaf.pem"), &cert, 4096);
+    overwrite_unseen(&pki.path("leaf.key"), &key, 1024);
+    let args = [
+        probe(),
+        "w:1".into(),
+        "https:0".into(),
+        format!("--cert={}", cert.display()),
+        format!("--key={}", key.display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&args);
+    server.wait_workers(1);
+    let port = https_port(&server);
+    let lb = server.lb_pid();
+    let first = serial_of_pem(&std::fs::read_to_string(pki.path("leaf.pem")).unwrap()).unwrap();
+    let renewed =
+        serial_of_pem(&std::fs::read_to_string(pki.path("renewed.pem")).unwrap()).unwrap();
+    assert_eq!(served_serial(port).as_deref(), Some(first.as_str()));
+
+    overwrite_unseen(&pki.path("renewed.key"), &key, 1024);
+    overwrite_unseen(&pki.path("renewed.pem"), &cert, 4096);
+    // The watcher cannot see this change: the old pair is still served.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(served_serial(port).as_deref(), Some(first.as_str()));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    eventually_within(
+        Duration::from_secs(5),
+        "the reread certificate served",
+        || (served_serial(port).as_deref() == Some(renewed.as_str())).then_some(()),
+    );
+    server.wait_output("SIGHUP: rereading the certificates");
+    assert_eq!(server.lb_pid(), lb, "the LB was not restarted");
+    let got = curl_with_ca(
+        &pki.path("ca.pem"),
+        &format!("https://localhost:{port}/pid"),
+    );
+    assert!(got.status.success(), "{got:?}");
+}
+
 #[test]
 fn a_thousand_half_open_handshakes_do_not_starve_service() {
     let pki = Pki::new();
@@ -923,6 +995,23 @@ fn sni_picks_the_exact_name_then_a_one_label_wildcard_then_the_first_pair() {
     ] {
         assert_eq!(&serial_for(port, name), want, "{name:?}");
     }
+    assert!(!server.output().contains("never served"));
+    // A pair whose every name an earlier one takes is never served: said.
+    let mut args = vec![probe(), "w:1".into(), "https:0".into()];
+    args.extend(flags("leaf.pem", "leaf.key"));
+    args.extend(flags("renewed.pem", "renewed.key"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let shadowed = Server::start(&args);
+    shadowed.wait_workers(1);
+    let warned = shadowed.wait_output("never served");
+    assert!(
+        warned.contains(&format!(
+            "{}: never served",
+            pki.path("renewed.pem").display()
+        )),
+        "{warned}"
+    );
+    drop(shadowed);
     let app = probe();
     let line = refused(&[
         &app,

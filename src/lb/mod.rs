@@ -44,7 +44,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::link::{self, LinkMsg};
@@ -134,6 +134,11 @@ async fn serve(
     link_fd: RawFd,
     max_clients: usize,
 ) -> Result<(), Failure> {
+    // First, so that a signal from the manager never finds the default
+    // action (which would end the LB).
+    let signal_failure = |e| Failure::fatal(format!("cannot install signal handlers: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(signal_failure)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_failure)?;
     let listen = |fd: RawFd| {
         // SAFETY: the manager passed these descriptors to this process alone.
         let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
@@ -141,6 +146,8 @@ async fn serve(
             .map_err(|e| Failure::fatal(format!("bad listener fd {fd}: {e}")))
     };
     let listener = fds.http.map(listen).transpose()?;
+    // SIGHUP (sent on by the manager) rereads the certificates.
+    let (reread, _) = tokio::sync::watch::channel(0u64);
     let https = match (fds.https, &config.https) {
         (Some(fd), Some(https)) => {
             let pairs: Vec<_> = std::iter::once(&https.pair)
@@ -150,7 +157,7 @@ async fn serve(
             let (tls, certs) = tls::server_config(&pairs).map_err(Failure::fatal)?;
             // Renewed files are served without a restart.
             for (i, pair) in pairs.into_iter().enumerate() {
-                tokio::spawn(tls::watch(certs.clone(), i, pair));
+                tokio::spawn(tls::watch(certs.clone(), i, pair, reread.subscribe()));
             }
             Some((listen(fd)?, tls))
         }
@@ -268,8 +275,6 @@ async fn serve(
         let _ = manager_gone_tx.send(());
     });
 
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Failure::fatal(format!("cannot install signal handlers: {e}")))?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let memory = memory::Connections::default();
     tokio::spawn(memory.clone().trim_after_bursts());
@@ -318,6 +323,12 @@ async fn serve(
                 });
             }
             _ = term.recv() => break,
+            _ = hup.recv() => {
+                if https.is_some() {
+                    info!("SIGHUP: rereading the certificates");
+                    reread.send_modify(|n| *n += 1);
+                }
+            }
             _ = &mut manager_gone => {
                 error!("the manager is gone; stopping");
                 break;

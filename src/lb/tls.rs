@@ -139,23 +139,39 @@ fn stamp(pair: &Pair) -> Option<[(std::time::SystemTime, u64, u64); 2]> {
     Some([one(&pair.cert)?, one(&pair.key)?])
 }
 
-/// Watches `pair`'s files for as long as the LB runs: a changed pair that
-/// loads (readable, matching, valid now) is served to new handshakes; one
-/// that does not keeps the old pair, and the log says why.
-pub async fn watch(certs: Arc<Certs>, index: usize, pair: Pair) {
+/// Watches `pair`'s files for as long as the LB runs, and reads them again
+/// whenever `reread` ticks (SIGHUP): a changed pair that loads (readable,
+/// matching, valid now) is served to new handshakes; one that does not
+/// keeps the old pair, and the log says why.
+pub async fn watch(
+    certs: Arc<Certs>,
+    index: usize,
+    pair: Pair,
+    mut reread: tokio::sync::watch::Receiver<u64>,
+) {
     let mut seen = stamp(&pair);
     loop {
-        tokio::time::sleep(WATCH_EVERY).await;
-        let now = stamp(&pair);
-        if now == seen {
-            continue;
+        let asked = tokio::select! {
+            _ = tokio::time::sleep(WATCH_EVERY) => false,
+            changed = reread.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                true
+            }
+        };
+        if !asked {
+            if stamp(&pair) == seen {
+                continue;
+            }
+            tokio::time::sleep(SETTLE).await;
         }
-        tokio::time::sleep(SETTLE).await;
         seen = stamp(&pair);
         match crate::certs::load(&pair) {
             Ok(loaded) => {
                 tracing::info!(
-                    "serving the renewed certificate {} (serial {}, valid until {})",
+                    "serving the {} certificate {} (serial {}, valid until {})",
+                    if asked { "reread" } else { "renewed" },
                     pair.cert.display(),
                     loaded.info.serial,
                     crate::certs::date(loaded.info.not_after)

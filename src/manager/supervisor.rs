@@ -298,7 +298,13 @@ impl Supervisor {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => self.rolling_restart(),
+                _ = hup.recv() => {
+                    // The LB rereads its certificates; the workers roll.
+                    if let Some(lb) = &self.lb {
+                        lb.process.signal(Signal::SIGHUP);
+                    }
+                    self.rolling_restart();
+                }
                 Some(event) = self.events.recv() => {
                     self.handle(event);
                     if self.give_up.is_some() {
