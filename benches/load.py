@@ -57,6 +57,18 @@ Run it from anywhere, after a release build (needs wrk, bun, node, haproxy):
   python3 benches/load.py --c1000-rss   # then rip-server's LB RSS after c=64 and c=1000
   python3 benches/load.py --smoke       # ~20 s: every target answers 2xx (CI)
 
+HTTPS (`--https`): the same apps behind rip-server's `https:` port (rustls)
+and behind HAProxy's `bind ... ssl crt` (OpenSSL), both serving one
+self-signed ECDSA P-256 certificate made for the run, loaded with `wrk
+https://...` on kept-alive connections; `--close` adds `Connection: close`
+to every request, so each is a new connection and a full handshake (wrk
+resumes no session): req/s is then handshakes/s. Targets rip, rip-default,
+haproxy-plain and haproxy; the LB MiB column at c=1000 is the memory of a
+thousand TLS connections.
+
+  python3 benches/load.py --https --apps bun-ping --conc 2,64,1000 --duration 5
+  python3 benches/load.py --https --close --apps bun-ping --conc 2,64 --duration 5
+
 A missing HAProxy only drops its rows (install: apt-get install haproxy).
 Without wrk (or with --client python) a built-in single-threaded Python
 client does the load; it costs about 1.5x wrk's CPU per request, which it
@@ -93,6 +105,23 @@ WORKERS = 2  # app processes per target; --workers changes it
 TICK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30  # seconds any target may take to come up
 STOP_TIMEOUT = 15  # seconds any target may take to stop (rip-server's own limit is 10)
+TLS = None  # --https: the Tls every target serves
+CLOSE = False  # --close: a new connection (and handshake) per request
+
+
+class Tls:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost, made
+    with openssl in `tmp`: cert.pem + key.pem (rip-server), both.pem (HAProxy)."""
+
+    def __init__(self, tmp):
+        self.cert, self.key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        self.both = os.path.join(tmp, "both.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", self.key, "-out", self.cert, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        with open(self.both, "w") as f:
+            f.write(open(self.cert).read() + open(self.key).read())
 
 
 @dataclass
@@ -308,15 +337,19 @@ class Rip(Target):
 
     def start(self):
         app = self.app
+        tls = ["https:0", "--cert=" + TLS.cert, "--key=" + TLS.key] if TLS else []
         cmd = [BIN, os.path.join(APPS_DIR, app.source) if app.runtime else app.source,
-               "http:0", "w:%d" % WORKERS] + self.flags + [
+               "http:0", "w:%d" % WORKERS] + tls + self.flags + [
                "--socket-dir=" + os.path.join(self.dir, "s")] + self.extra_args
         if app.runtime:
             cmd.append("--runtime=" + app.runtime)
         self.manager = self.spawn(cmd, "server.log")
-        line = wait_for(lambda: re.search(r"rip-server: serving .* on http://\S+:(\d+) with", self.read_log()),
+        line = wait_for(lambda: re.search(r"rip-server: serving .* on http://\S+:(\d+)(?: and https://\S+:(\d+))? with",
+                                          self.read_log()),
                         "rip-server", self.procs)
         self.port = int(line.group(1))
+        if TLS:
+            self.tls_port = int(line.group(2))
         wait_for(self.healthy, "rip-server /status", self.procs)
         wait_for(self.find_lb, "rip-server lb")
         self.started = self.workers_started()
@@ -374,9 +407,16 @@ class Haproxy(Target):
         self.port = free_port()
         config = os.path.join(self.dir, "haproxy.cfg")
         with open(config, "w") as f:
-            f.write(haproxy_config(self.port, sockets))
+            f.write(haproxy_config(self.port, sockets, self.tls_bind()))
         self.haproxy = self.spawn([HAPROXY, "-db", "-f", config], "haproxy.log", stdout=subprocess.DEVNULL)
         wait_for(lambda: (http_get(self.port, "/ready") or (0,))[0] == 200, "haproxy", self.procs)
+
+    def tls_bind(self):
+        """--https: HAProxy's TLS listener (beside its plain one, for the health check)."""
+        if not TLS:
+            return ""
+        self.tls_port = free_port()
+        return "    bind 127.0.0.1:%d ssl crt %s alpn http/1.1\n" % (self.tls_port, TLS.both)
 
     def start_apps(self):
         """The apps HAProxy fronts: rip-server's loader, each on its own unix socket."""
@@ -419,7 +459,7 @@ class HaproxyPlain(Haproxy):
         return sockets
 
 
-def haproxy_config(port, sockets):
+def haproxy_config(port, sockets, tls_bind=""):
     servers = "".join("    server w%d %s maxconn 1\n" % (i, s) for i, s in enumerate(sockets))
     return (
         "global\n"
@@ -433,10 +473,11 @@ def haproxy_config(port, sockets):
         "    timeout client 30s\n"
         "frontend front\n"
         "    bind 127.0.0.1:%d\n"
+        "%s"
         "    default_backend apps\n"
         "backend apps\n"
         "    balance leastconn\n"
-        "    http-reuse always\n" % port
+        "    http-reuse always\n" % (port, tls_bind)
     ) + servers
 
 
@@ -463,14 +504,21 @@ class Direct(Target):
 # Load
 
 
-def load_command(client, port, app, conc, seconds, lua):
-    url = "http://127.0.0.1:%d%s" % (port, app.path)
+def load_command(client, target, app, conc, seconds, lua):
+    if TLS:
+        url = "https://127.0.0.1:%d%s" % (target.tls_port, app.path)
+    else:
+        url = "http://127.0.0.1:%d%s" % (target.port, app.path)
+    close = ["-H", "Connection: close"] if CLOSE else []
     if client == "wrk":
-        return ["wrk", "-t1", "-c%d" % conc, "-d%ds" % seconds, "--latency"] + (["-s", lua] if app.body else []) + [url]
+        return (["wrk", "-t1", "-c%d" % conc, "-d%ds" % seconds, "--latency"] + close
+                + (["-s", lua] if app.body else []) + [url])
     if client == "oha":
         body = ["-m", "POST", "-d", "x" * app.body] if app.body else []
         # -w: requests in flight at the deadline finish (else they count as errors).
-        return ["oha", "--no-tui", "--output-format", "json", "-w", "-c", str(conc), "-z", "%ds" % seconds] + body + [url]
+        tls = ["--insecure"] if TLS else []
+        return (["oha", "--no-tui", "--output-format", "json", "-w", "-c", str(conc), "-z", "%ds" % seconds]
+                + close + tls + body + [url])
     return [sys.executable, os.path.abspath(__file__), "--python-client", url, str(conc), str(seconds), str(app.body)]
 
 
@@ -524,7 +572,7 @@ def parse_oha(text):
 
 def measure(target, app, conc, seconds, client, lua):
     """One measured run against a target; returns its numbers."""
-    cmd = load_command(client, target.port, app, conc, seconds, lua)
+    cmd = load_command(client, target, app, conc, seconds, lua)
     cpu_before, restarts_before = target.cpu(), target.restarts
     busy_before, started = machine_busy(), time.monotonic()
     output, client_cpu = run_load(cmd, seconds)
@@ -684,6 +732,12 @@ def header(client, rip_args):
     print("rip:        %s <app> http:0 w:%d --no-access-log --hot-reload=none --socket-dir=<tmp> [--runtime=bun|node]%s"
           % (BIN, WORKERS, "".join(" " + a for a in rip_args)))
     print("rip-default: %s <app> http:0 w:%d --socket-dir=<tmp> [--runtime=bun|node] > <file>" % (BIN, WORKERS))
+    if TLS:
+        print("https:      every target adds an HTTPS port (rip: https:0 --cert --key; HAProxy: bind ... ssl crt,"
+              " %s) with one self-signed P-256 certificate; the load goes there" % first_line(["openssl", "version"]))
+    if CLOSE:
+        print("close:      every request says Connection: close (a new connection%s each)"
+              % (" and a full TLS handshake" if TLS else ""))
     generator = {"wrk": lambda: first_line(["wrk", "-v"]), "oha": lambda: first_line(["oha", "--version"])}
     print("load gen:   %s" % (generator[client]() if client in generator else "built-in Python client "
                               "(costlier than wrk: compare targets only with each other)"))
@@ -807,7 +861,8 @@ def candidates(app, tmp, args):
     if app.runtime:
         if os.path.exists(HAPROXY):
             targets += [HaproxyPlain(app, tmp), Haproxy(app, tmp)]
-        targets.append(Direct(app, tmp))
+        if not TLS:
+            targets.append(Direct(app, tmp))
     return [t for t in targets if t.name in args.targets]
 
 
@@ -825,7 +880,7 @@ def bench_app(app, tmp, args, lua, results, notes):
             try:
                 target.start()
                 if args.warmup:
-                    run_load(load_command(args.client, target.port, app, 16, args.warmup, lua), args.warmup)
+                    run_load(load_command(args.client, target, app, 16, args.warmup, lua), args.warmup)
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
                 notes.append("%s: %s did not start: %s" % (app.name, target.name, one_line(err)))
                 target.stop()
@@ -876,6 +931,8 @@ def smoke_verdict(args, results, notes):
         for target in TARGETS:
             if target not in args.targets or (APPS[name].runtime is None and target not in ("rip", "rip-default")):
                 continue
+            if TLS and target == "direct":
+                continue
             runs = results.get((name, args.conc[0], target))
             if not runs:
                 failures.append("%s %s: no run" % (name, target))
@@ -914,6 +971,12 @@ def parse_args():
                              " answered 2xx with no socket error (CI; asserts nothing about speed)")
     parser.add_argument("--rip-args", default="r:0",
                         help='rip-server tokens and flags added to the command line (default "r:0")')
+    parser.add_argument("--https", action="store_true",
+                        help="load the HTTPS ports (rip-server's rustls, HAProxy's OpenSSL) with one self-signed"
+                             " P-256 certificate; no direct target")
+    parser.add_argument("--close", action="store_true",
+                        help="Connection: close on every request: a new connection, and with --https a full"
+                             " handshake, per request")
     parser.add_argument("--c1000-rss", action="store_true",
                         help="after the runs, print rip-server's LB RSS after c=64 and c=1000")
     args = parser.parse_args()
@@ -933,6 +996,8 @@ def parse_args():
     if unknown:
         parser.error("unknown target %s (known: %s)" % (",".join(unknown), ",".join(TARGETS)))
     args.client = args.client or ("wrk" if shutil.which("wrk") else "python")
+    if args.https and args.client == "python":
+        parser.error("--https needs wrk or oha (the built-in client speaks plain HTTP only)")
     args.rip_args = shlex.split(args.rip_args)
     return args
 
@@ -941,18 +1006,24 @@ def main():
     if len(sys.argv) == 6 and sys.argv[1] == "--python-client":
         return python_client(*sys.argv[2:])
     args = parse_args()
-    global WORKERS
-    WORKERS = args.workers
+    global WORKERS, TLS, CLOSE
+    WORKERS, CLOSE = args.workers, args.close
     sys.stdout.reconfigure(line_buffering=True)
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # wrk -c1000 and the Python client
+    tmp = tempfile.mkdtemp(prefix="ripload.")
+    if args.https:
+        try:
+            TLS = Tls(tmp)
+        except (OSError, subprocess.CalledProcessError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            sys.exit("cannot make the benchmark's certificate with openssl: %s" % one_line(err))
     header(args.client, args.rip_args)
     if not os.path.exists(HAPROXY):
         print("haproxy:    not found at %s, its rows are skipped (install: apt-get install haproxy)" % HAPROXY)
-    tmp = tempfile.mkdtemp(prefix="ripload.")
     lua = os.path.join(tmp, "post64k.lua")
     with open(lua, "w") as f:
         f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 65536)\n')
