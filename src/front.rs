@@ -64,12 +64,31 @@ fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure>
         }
     }
     let mut listeners = Listeners::default();
-    if let Some(port) = config.port {
+    // Listeners systemd passed (socket activation) are used as they are.
+    let env = |name: &str| std::env::var(name).ok();
+    let activated = crate::systemd::listeners(&env, std::process::id()).map_err(Failure::Usage)?;
+    if let Some(fd) = activated.https {
+        let Some(https) = &mut config.https else {
+            return Err(Failure::Usage(
+                "systemd passed an https socket: serving HTTPS needs https: (and --cert/--key)"
+                    .into(),
+            ));
+        };
+        let addr = local_addr(&fd)?;
+        (config.bind, https.port) = (addr.ip(), addr.port());
+        listeners.https = Some(fd);
+    }
+    if let Some(fd) = activated.http {
+        let addr = local_addr(&fd)?;
+        (config.bind, config.port) = (addr.ip(), Some(addr.port()));
+        listeners.http = Some(fd);
+    }
+    if let (Some(port), None) = (config.port, &listeners.http) {
         let http = bind_public(config.bind, port)?;
         config.port = Some(local_port(&http)?);
         listeners.http = Some(http);
     }
-    if let Some(https) = &mut config.https {
+    if let (Some(https), None) = (&mut config.https, &listeners.https) {
         let listener = bind_public(config.bind, https.port)?;
         https.port = local_port(&listener)?;
         listeners.https = Some(listener);
@@ -223,10 +242,19 @@ fn bind_public(ip: IpAddr, port: u16) -> Result<OwnedFd, Failure> {
 }
 
 fn local_port(fd: &OwnedFd) -> Result<u16, Failure> {
+    local_addr(fd).map(|addr| addr.port())
+}
+
+fn local_addr(fd: &OwnedFd) -> Result<SocketAddr, Failure> {
     let addr: SockaddrStorage = getsockname(fd.as_raw_fd())
         .map_err(|e| Failure::fatal(format!("cannot read the bound address: {e}")))?;
     addr.as_sockaddr_in()
-        .map(|a| a.port())
-        .or_else(|| addr.as_sockaddr_in6().map(|a| a.port()))
-        .ok_or_else(|| Failure::fatal("the listener has no IP address"))
+        .map(|a| SocketAddr::new(a.ip().into(), a.port()))
+        .or_else(|| {
+            addr.as_sockaddr_in6()
+                .map(|a| SocketAddr::new(a.ip().into(), a.port()))
+        })
+        .ok_or_else(|| {
+            Failure::Usage("a listener that is not on an IP address (TCP) cannot serve".into())
+        })
 }

@@ -40,6 +40,7 @@ pub mod output;
 pub mod paths;
 pub mod spawn;
 pub mod stop;
+pub mod systemd;
 pub mod worker;
 
 use std::ffi::OsString;

@@ -26,6 +26,10 @@ pub fn role(args: Vec<String>, keep: &[RawFd]) -> tokio::process::Command {
 /// Sets up `command` as a supervised child: own process group, killed when
 /// this process dies, inheriting `keep` (and stdio) but nothing else.
 pub fn supervised(command: &mut tokio::process::Command, keep: &[RawFd]) {
+    // systemd's protocol is the manager's alone.
+    for name in crate::systemd::VARIABLES {
+        command.env_remove(name);
+    }
     let parent = getpid();
     let keep = keep.to_vec();
     // SAFETY: the closure runs between fork and exec and only makes

@@ -660,16 +660,10 @@ fn replace(from: &Path, to: &Path) {
     std::fs::rename(&temp, to).unwrap();
 }
 
-#[test]
-fn renewed_certificate_files_are_served_without_a_restart_and_a_bad_pair_is_not() {
-    let pki = Pki::new();
-    let work = tempfile::tempdir().unwrap();
-    let (cert, key) = (
-        work.path().join("served.crt"),
-        work.path().join("served.key"),
-    );
-    std::fs::copy(pki.path("chain.pem"), &cert).unwrap();
-    std::fs::copy(pki.path("leaf.key"), &key).unwrap();
+/// A server on `cert` and `key` (files the test may replace), serving
+/// leaf.pem's serial; returns it, its HTTPS port, and the serials of
+/// leaf.pem and renewed.pem.
+fn serve_replaceable(pki: &Pki, cert: &Path, key: &Path) -> (Server, u16, String, String) {
     let args = [
         probe(),
         "w:1".into(),
@@ -681,10 +675,24 @@ fn renewed_certificate_files_are_served_without_a_restart_and_a_bad_pair_is_not(
     let server = Server::start(&args);
     server.wait_workers(1);
     let port = https_port(&server);
-    let first = serial_of_pem(&std::fs::read_to_string(pki.path("leaf.pem")).unwrap()).unwrap();
-    let renewed =
-        serial_of_pem(&std::fs::read_to_string(pki.path("renewed.pem")).unwrap()).unwrap();
+    let serial =
+        |file: &str| serial_of_pem(&std::fs::read_to_string(pki.path(file)).unwrap()).unwrap();
+    let (first, renewed) = (serial("leaf.pem"), serial("renewed.pem"));
     assert_eq!(served_serial(port).as_deref(), Some(first.as_str()));
+    (server, port, first, renewed)
+}
+
+#[test]
+fn renewed_certificate_files_are_served_without_a_restart_and_a_bad_pair_is_not() {
+    let pki = Pki::new();
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        work.path().join("served.crt"),
+        work.path().join("served.key"),
+    );
+    std::fs::copy(pki.path("chain.pem"), &cert).unwrap();
+    std::fs::copy(pki.path("leaf.key"), &key).unwrap();
+    let (server, port, _, renewed) = serve_replaceable(&pki, &cert, &key);
 
     // Requests go on while the files are replaced; none may fail.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -764,22 +772,8 @@ fn sighup_rereads_the_certificates_without_restarting_the_lb() {
     );
     overwrite_unseen(&pki.path("leaf.pem"), &cert, 4096);
     overwrite_unseen(&pki.path("leaf.key"), &key, 1024);
-    let args = [
-        probe(),
-        "w:1".into(),
-        "https:0".into(),
-        format!("--cert={}", cert.display()),
-        format!("--key={}", key.display()),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&args);
-    server.wait_workers(1);
-    let port = https_port(&server);
+    let (server, port, first, renewed) = serve_replaceable(&pki, &cert, &key);
     let lb = server.lb_pid();
-    let first = serial_of_pem(&std::fs::read_to_string(pki.path("leaf.pem")).unwrap()).unwrap();
-    let renewed =
-        serial_of_pem(&std::fs::read_to_string(pki.path("renewed.pem")).unwrap()).unwrap();
-    assert_eq!(served_serial(port).as_deref(), Some(first.as_str()));
 
     overwrite_unseen(&pki.path("renewed.key"), &key, 1024);
     overwrite_unseen(&pki.path("renewed.pem"), &cert, 4096);

@@ -606,6 +606,50 @@ fn access_log_lines_human_json_and_off() {
     );
 }
 
+/// Issue 16: from SIGTERM until the last request in flight is answered,
+/// the health route says `503 draining` (a readiness probe takes the
+/// server out of its Service) and the status `draining`, on the status
+/// listener, which answers until the end.
+#[test]
+fn a_draining_server_answers_its_health_route_503_until_it_exits() {
+    let mut server = Server::start(&["builtin:hello", "w:1", "--status-bind=127.0.0.1:0"]);
+    let line = server.stdout.text();
+    let status_port: u16 = line
+        .split("; status on http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no status address in {line:?}"));
+    let status = || -> Option<serde_json::Value> {
+        let answer = try_request(status_port, "GET", "/status", &[], b"").ok()?;
+        serde_json::from_slice(&answer.body).ok()
+    };
+    eventually("the worker", || (status()?["workers"] == 1).then_some(()));
+    let health = || try_request(status_port, "GET", "/server", &[], b"");
+    assert_eq!(health().unwrap().text(), "ok");
+    let in_flight = get_async(server.port, "/sleep?ms=1500");
+    eventually("the request in flight", || {
+        (status()?["busy"] == 1).then_some(())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let drained = eventually("the health route saying 503", || {
+        let answer = health().ok()?;
+        (answer.status == 503).then_some(answer)
+    });
+    assert_eq!(drained.text(), "draining");
+    let json = status().unwrap();
+    assert_eq!(json["status"], "draining", "{json}");
+    // The public port takes no new connection meanwhile.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", server.port)).is_err());
+    let r = in_flight.join().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "slept 1500 ms\n"));
+    assert!(server.stop().success());
+}
+
 #[test]
 fn sigterm_finishes_in_flight_requests_and_leaves_nothing_behind() {
     for signal in [Signal::SIGTERM, Signal::SIGINT] {

@@ -126,6 +126,9 @@ struct Lb {
     ports: serde_json::Value,
     workers: usize,
     started: Instant,
+    /// Set at SIGTERM: the health route answers `503` while what is in
+    /// flight and queued finishes (a readiness probe takes us out).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 async fn serve(
@@ -234,6 +237,7 @@ async fn serve(
         hsts: config.hsts.map(proxy::Hsts::new).unwrap_or_default(),
         workers: config.workers,
         started: Instant::now(),
+        draining: Default::default(),
     });
 
     let ctl_path = config.paths.ctl();
@@ -336,6 +340,9 @@ async fn serve(
         }
     }
     // Stop accepting; finish what is in flight and queued, close the idle.
+    // The status listener answers until the end: the health route `503`.
+    lb.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     drop(listener);
     drop(https);
     let _ = stop_tx.send(true);
@@ -372,26 +379,24 @@ async fn accept(
 }
 
 /// The `--status-bind` listener: the LB's own routes and nothing else, a
-/// few connections at a time, until the LB stops.
+/// few connections at a time, until the LB exits (while it drains too, when
+/// the health route says `503`).
 async fn serve_status(
     listener: io::Listener,
     lb: Arc<Lb>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let open = Arc::new(tokio::sync::Semaphore::new(STATUS_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            permit = open.clone().acquire_owned() => permit,
-            _ = stop.changed() => return,
+        let Ok(permit) = open.clone().acquire_owned().await else {
+            return;
         };
-        let Ok(permit) = permit else { return };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
-        };
-        match accepted {
+        match listener.accept().await {
             Ok((stream, peer, local)) => {
-                let (lb, stop) = (lb.clone(), stop.clone());
+                let (lb, mut stop) = (lb.clone(), stop.clone());
+                // A stop already under way must not end this connection
+                // before its request is read (it is then closed after it).
+                stop.borrow_and_update();
                 tokio::spawn(async move {
                     client::serve(
                         lb,
@@ -461,9 +466,16 @@ impl Lb {
             .redirect_https
             .filter(|_| on == client::Listener::Public && !client.https());
         match () {
-            _ if get && is(self.health_path.as_deref()) => {
-                Some(OwnRoute::ok("text/plain", b"ok".to_vec()))
-            }
+            _ if get && is(self.health_path.as_deref()) => Some(if self.draining() {
+                OwnRoute::new(
+                    503,
+                    "Service Unavailable",
+                    "text/plain",
+                    b"draining".to_vec(),
+                )
+            } else {
+                OwnRoute::ok("text/plain", b"ok".to_vec())
+            }),
             _ if redirect.is_some() => {
                 let port = redirect?;
                 let location = self.redirect(head, buf, &client.host, port);
@@ -510,11 +522,16 @@ impl Lb {
         }
     }
 
+    fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn status(&self) -> Vec<u8> {
         let stats = self.proxy.balancer.stats();
         let healthy = stats.workers >= self.workers;
         let error = self.proxy.failing.error().filter(|_| stats.workers == 0);
         let status = match (&error, healthy) {
+            _ if self.draining() => "draining",
             (Some(_), _) => "failing",
             (None, true) => "healthy",
             (None, false) => "degraded",

@@ -178,6 +178,20 @@ pub struct Supervisor {
     give_up: Option<String>,
     /// The app watcher (hot reload) and its debounced batches of changes.
     watch: Option<(watch::Watch, mpsc::Receiver<Vec<PathBuf>>)>,
+    /// What systemd has been told, when it started us.
+    systemd: Option<Systemd>,
+}
+
+/// The manager's side of `sd_notify`: `READY=1` once every worker is
+/// ready, `STATUS=` as the counts change, `RELOADING=1` for a rolling
+/// restart (then `READY=1` when it is over, or has failed), `STOPPING=1`,
+/// and `WATCHDOG=1` from the main loop while it runs.
+struct Systemd {
+    notifier: crate::systemd::Notifier,
+    ready: bool,
+    reloading: bool,
+    status: String,
+    watchdog_at: Instant,
 }
 
 impl Supervisor {
@@ -215,7 +229,21 @@ impl Supervisor {
             failing: None,
             give_up: None,
             watch: None,
+            systemd: None,
         };
+        let env = |name: &str| std::env::var(name).ok();
+        match crate::systemd::Notifier::from_env(&env, std::process::id()) {
+            Ok(notifier) => {
+                supervisor.systemd = notifier.map(|notifier| Systemd {
+                    notifier,
+                    ready: false,
+                    reloading: false,
+                    status: String::new(),
+                    watchdog_at: Instant::now(),
+                })
+            }
+            Err(why) => warn!("{why}; systemd is not notified"),
+        }
         supervisor.watch = supervisor.start_watch();
         supervisor.announce("starting");
         if let Err(e) = supervisor.start_lb() {
@@ -318,8 +346,12 @@ impl Supervisor {
                     self.reconcile();
                 }
             }
+            self.tell_systemd();
         }
         info!("stopping");
+        if let Some(systemd) = &self.systemd {
+            systemd.notifier.send("STOPPING=1");
+        }
         let forced = self.stop(&mut int).await;
         self.cleanup();
         if forced {
@@ -583,6 +615,51 @@ impl Supervisor {
 
     /// Fills every empty slot whose backoff has run out. (A slot whose
     /// worker is retiring is empty: its replacement starts now.)
+    /// Tells systemd what changed since it was last told (see [`Systemd`]).
+    fn tell_systemd(&mut self) {
+        let Some(systemd) = &self.systemd else {
+            return;
+        };
+        let current = |w: &&Worker| w.state == State::Ready && w.version >= self.version;
+        let ready = self.workers.values().filter(current).count();
+        let expected = self.config.workers;
+        let retiring = self.workers.values().any(|w| w.state == State::Retiring);
+        let status = match &self.failing {
+            Some(error) => format!("the app (version {}) cannot start: {error}", self.version),
+            None if retiring => format!(
+                "rolling restart to version {}: {ready}/{expected} workers ready",
+                self.version
+            ),
+            None => format!(
+                "{ready}/{expected} workers ready (version {})",
+                self.version
+            ),
+        };
+        let now_ready = if !systemd.ready {
+            self.all_ready_once
+        } else {
+            // A rolling restart is over when the old workers are gone, or
+            // the new code cannot start (the old ones serve on).
+            systemd.reloading && (!retiring && ready >= expected || self.failing.is_some())
+        };
+        let Some(systemd) = &mut self.systemd else {
+            return;
+        };
+        if now_ready {
+            systemd.notifier.send(&format!("READY=1\nSTATUS={status}"));
+            (systemd.ready, systemd.reloading) = (true, false);
+        } else if status != systemd.status {
+            systemd.notifier.send(&format!("STATUS={status}"));
+        }
+        systemd.status = status;
+        if let Some(every) = systemd.notifier.watchdog_every() {
+            if systemd.watchdog_at.elapsed() >= every {
+                systemd.notifier.send("WATCHDOG=1");
+                systemd.watchdog_at = Instant::now();
+            }
+        }
+    }
+
     fn reconcile(&mut self) {
         let now = Instant::now();
         for slot in 0..self.slots.len() {
@@ -624,6 +701,10 @@ impl Supervisor {
     fn rolling_restart(&mut self) {
         self.version += 1;
         info!("rolling restart to version {}", self.version);
+        if let Some(systemd) = self.systemd.as_mut().filter(|s| s.ready) {
+            systemd.notifier.send(&crate::systemd::reloading());
+            systemd.reloading = true;
+        }
         for slot in &mut self.slots {
             slot.backoff.reset();
             slot.respawn_at = None;
@@ -826,6 +907,10 @@ impl Supervisor {
         if let Some(lb) = &self.lb {
             lb.process.signal(Signal::SIGTERM);
         }
+        // No LB will be started again: once the draining one has let go of
+        // the public ports too they are closed, and a new client is refused
+        // (and tries elsewhere) rather than left in the backlog.
+        self.listeners = Listeners::default();
         let mut forced = false;
         let mut killed = false;
         while self.lb.is_some() {

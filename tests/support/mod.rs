@@ -95,7 +95,7 @@ pub fn runtime(name: &str) -> PathBuf {
 pub struct Output(Arc<Mutex<String>>);
 
 impl Output {
-    fn collect(self, pipe: impl Read + Send + 'static) {
+    pub fn collect(self, pipe: impl Read + Send + 'static) {
         thread::spawn(move || {
             let mut reader = BufReader::new(pipe);
             let mut line = Vec::new();
