@@ -130,6 +130,9 @@ struct FdArgs {
     /// The `--status-bind` listener.
     #[arg(long)]
     status_fd: Option<RawFd>,
+    /// The `--metrics` listener.
+    #[arg(long)]
+    metrics_fd: Option<RawFd>,
 }
 
 impl FdArgs {
@@ -138,6 +141,7 @@ impl FdArgs {
             http: self.listen_fd,
             https: self.https_fd,
             status: self.status_fd,
+            metrics: self.metrics_fd,
         }
     }
 }

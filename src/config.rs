@@ -87,6 +87,9 @@ pub struct Config {
     /// Where the LB answers its status, if not on the public port (the
     /// real port once the front has bound it).
     pub status_bind: Option<std::net::SocketAddr>,
+    /// Where the LB serves its Prometheus metrics (`--metrics`; the real
+    /// port once the front has bound it).
+    pub metrics: Option<std::net::SocketAddr>,
     /// Where the LB answers `ok` itself (None: the app does).
     pub health_path: Option<String>,
     /// Threads of the LB's runtime; 1 = a current-thread runtime.
@@ -319,6 +322,7 @@ impl Config {
             status_path: options.status_path.clone(),
             health_path: options.health_path.clone(),
             status_bind: options.status_bind,
+            metrics: options.metrics,
             lb_threads: options.lb_threads,
             variant: options.variant.clone(),
             paths,
@@ -392,6 +396,9 @@ impl Config {
         args.push(format!("--trusted-proxies={}", self.trusted_proxies));
         if let Some(addr) = self.status_bind {
             args.push(format!("--status-bind={addr}"));
+        }
+        if let Some(addr) = self.metrics {
+            args.push(format!("--metrics={addr}"));
         }
         args.extend(self.watch.iter().map(|g| format!("--watch={g}")));
         args.extend(self.ignore.iter().map(|g| format!("--ignore={g}")));

@@ -368,6 +368,10 @@ pub struct Options {
     #[arg(long, env = "RIP_HSTS", value_name = "MAX-AGE", num_args = 0..=1, default_missing_value = "31536000")]
     pub hsts: Option<u64>,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (meant for loopback or a private network)
+    #[arg(long, env = "RIP_METRICS", value_name = "ADDR:PORT", value_parser = parse_status_bind)]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Answer the status route on this address only (e.g. 127.0.0.1:9000), not on the public port, where the app then gets it
     #[arg(long, env = "RIP_STATUS_BIND", value_name = "ADDR:PORT", value_parser = parse_status_bind)]
     pub status_bind: Option<std::net::SocketAddr>,

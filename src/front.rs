@@ -98,6 +98,11 @@ fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure>
         config.status_bind = Some(SocketAddr::new(addr.ip(), local_port(&status)?));
         listeners.status = Some(status);
     }
+    if let Some(addr) = config.metrics {
+        let metrics = bind_public(addr.ip(), addr.port())?;
+        config.metrics = Some(SocketAddr::new(addr.ip(), local_port(&metrics)?));
+        listeners.metrics = Some(metrics);
+    }
     // The manager inherits the listeners across exec.
     listeners
         .set_cloexec(false)

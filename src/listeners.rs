@@ -13,6 +13,8 @@ pub struct Fds {
     pub https: Option<RawFd>,
     /// `--status-bind` (`--status-fd`).
     pub status: Option<RawFd>,
+    /// `--metrics` (`--metrics-fd`).
+    pub metrics: Option<RawFd>,
 }
 
 impl Fds {
@@ -23,6 +25,7 @@ impl Fds {
             ("--listen-fd", self.http),
             ("--https-fd", self.https),
             ("--status-fd", self.status),
+            ("--metrics-fd", self.metrics),
         ] {
             if let Some(fd) = fd {
                 args.push(format!("{flag}={fd}"));
@@ -32,7 +35,7 @@ impl Fds {
     }
 
     pub fn all(&self) -> Vec<RawFd> {
-        [self.http, self.https, self.status]
+        [self.http, self.https, self.status, self.metrics]
             .into_iter()
             .flatten()
             .collect()
@@ -45,6 +48,7 @@ pub struct Listeners {
     pub http: Option<OwnedFd>,
     pub https: Option<OwnedFd>,
     pub status: Option<OwnedFd>,
+    pub metrics: Option<OwnedFd>,
 }
 
 impl Listeners {
@@ -60,6 +64,7 @@ impl Listeners {
             http: own(fds.http),
             https: own(fds.https),
             status: own(fds.status),
+            metrics: own(fds.metrics),
         }
     }
 
@@ -69,6 +74,7 @@ impl Listeners {
             http: raw(&self.http),
             https: raw(&self.https),
             status: raw(&self.status),
+            metrics: raw(&self.metrics),
         }
     }
 
@@ -81,7 +87,7 @@ impl Listeners {
         } else {
             FdFlag::empty()
         };
-        for fd in [&self.http, &self.https, &self.status]
+        for fd in [&self.http, &self.https, &self.status, &self.metrics]
             .into_iter()
             .flatten()
         {

@@ -267,7 +267,7 @@ fn a_passed_descriptor_that_is_not_a_listener_is_exit_2() {
 
 #[test]
 fn the_unit_files_pass_systemd_analyze_verify() {
-    let analyze = which("systemd-analyze").expect("systemd-analyze (apt-get install systemd)");
+    let analyze = on_path("systemd-analyze").expect("systemd-analyze (apt-get install systemd)");
     let dir = tempfile::tempdir().unwrap();
     let contrib = repo().join("contrib/systemd");
     for unit in ["rip-server.service", "rip-server.socket"] {
@@ -293,12 +293,4 @@ fn the_unit_files_pass_systemd_analyze_verify() {
         said.trim().is_empty(),
         "systemd-analyze verify says:\n{said}"
     );
-}
-
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| std::path::Path::new(dir).join(program))
-        .find(|p| p.is_file())
 }

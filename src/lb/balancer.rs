@@ -142,7 +142,10 @@ impl<C> Scheduler<C> {
             }
             let (tx, rx) = oneshot::channel();
             match pool.enqueue(tx, deadline.into_std()) {
-                Enqueue::Queued(key) => (key, rx),
+                Enqueue::Queued(key) => {
+                    super::metrics::METRICS.queued(pool.stats().queued);
+                    (key, rx)
+                }
                 Enqueue::Full(_) => return Err(Reject::QueueFull),
             }
         };

@@ -38,6 +38,8 @@ pub enum Listener {
     Public,
     /// `--status-bind`: the LB's own routes only.
     Status,
+    /// `--metrics`: `/metrics` only.
+    Metrics,
 }
 
 pub(super) async fn serve(
@@ -239,6 +241,10 @@ impl OwnRoute {
 
     pub fn ok(content_type: &'static str, body: Vec<u8>) -> OwnRoute {
         OwnRoute::new(200, "OK", content_type, body)
+    }
+
+    pub fn not_found() -> OwnRoute {
+        OwnRoute::new(404, "Not Found", "text/plain", b"Not Found".to_vec())
     }
 
     fn as_own(&self) -> Own<'_> {

@@ -6,6 +6,7 @@ use std::io;
 use std::time::Duration;
 
 use super::io::Socket;
+use super::metrics::METRICS;
 use super::tls::TlsSocket;
 
 pub enum Conn {
@@ -24,20 +25,29 @@ impl Conn {
         matches!(self, Conn::Tls(_))
     }
 
-    /// See [`Socket::read_into`].
+    /// See [`Socket::read_into`]. (What a client sends and is sent is
+    /// counted here, for the metrics.)
     pub async fn read_into(&self, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
-        match self {
+        let read = match self {
             Conn::Plain(s) => s.read_into(buf, want).await,
             Conn::Tls(s) => s.read_into(buf, want).await,
+        };
+        if let Ok(n) = read {
+            METRICS.bytes_in(n);
         }
+        read
     }
 
     /// See [`Socket::write_all`].
     pub async fn write_all(&self, parts: &[&[u8]]) -> io::Result<()> {
-        match self {
+        let written = match self {
             Conn::Plain(s) => s.write_all(parts).await,
             Conn::Tls(s) => s.write_all(parts).await,
+        };
+        if written.is_ok() {
+            METRICS.bytes_out(parts.iter().map(|p| p.len()).sum());
         }
+        written
     }
 
     /// See [`Socket::write_parts`].
@@ -45,10 +55,16 @@ impl Conn {
     where
         I: Iterator<Item = &'a [u8]>,
     {
-        match self {
+        let mut total = 0;
+        let parts = parts.inspect(|p| total += p.len());
+        let written = match self {
             Conn::Plain(s) => s.write_parts(parts).await,
             Conn::Tls(s) => s.write_parts(parts).await,
+        };
+        if written.is_ok() {
+            METRICS.bytes_out(total);
         }
+        written
     }
 
     /// See [`Socket::try_write_parts`].
@@ -56,10 +72,14 @@ impl Conn {
     where
         I: Iterator<Item = &'a [u8]>,
     {
-        match self {
+        let written = match self {
             Conn::Plain(s) => s.try_write_parts(parts),
             Conn::Tls(s) => s.try_write_parts(parts),
+        };
+        if let Ok(n) = written {
+            METRICS.bytes_out(n);
         }
+        written
     }
 
     /// See [`Socket::wait_writable`].

@@ -44,6 +44,11 @@ impl Connections {
         Open(self.open.clone(), self.closed.clone())
     }
 
+    /// How many are open now.
+    pub fn count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// Waits until fewer than `max` connections are open.
     pub async fn room_for(&self, max: usize) {
         while self.open.load(Ordering::Relaxed) >= max {

@@ -28,6 +28,7 @@ pub mod forwarded;
 pub mod http1;
 pub mod io;
 mod memory;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod spool;
@@ -129,6 +130,9 @@ struct Lb {
     /// Set at SIGTERM: the health route answers `503` while what is in
     /// flight and queued finishes (a readiness probe takes us out).
     draining: std::sync::atomic::AtomicBool,
+    /// Open client connections.
+    connections: memory::Connections,
+    started_at: std::time::SystemTime,
 }
 
 async fn serve(
@@ -167,6 +171,7 @@ async fn serve(
         _ => None,
     };
     let status_listener = fds.status.map(listen).transpose()?;
+    let metrics_listener = fds.metrics.map(listen).transpose()?;
     // SAFETY: as above.
     let (mut from_manager, mut to_manager) = unsafe { link::from_raw_fd(link_fd) }
         .map_err(|e| Failure::fatal(format!("bad link fd {link_fd}: {e}")))?;
@@ -237,7 +242,9 @@ async fn serve(
         hsts: config.hsts.map(proxy::Hsts::new).unwrap_or_default(),
         workers: config.workers,
         started: Instant::now(),
+        started_at: std::time::SystemTime::now(),
         draining: Default::default(),
+        connections: memory::Connections::default(),
     });
 
     let ctl_path = config.paths.ctl();
@@ -280,11 +287,16 @@ async fn serve(
     });
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let memory = memory::Connections::default();
+    let memory = lb.connections.clone();
     tokio::spawn(memory.clone().trim_after_bursts());
     tokio::spawn(balancer.clone().wake_spent());
     if let Some(status_listener) = status_listener {
-        tokio::spawn(serve_status(status_listener, lb.clone(), stop.clone()));
+        let on = client::Listener::Status;
+        tokio::spawn(serve_own(status_listener, lb.clone(), stop.clone(), on));
+    }
+    if let Some(metrics_listener) = metrics_listener {
+        let on = client::Listener::Metrics;
+        tokio::spawn(serve_own(metrics_listener, lb.clone(), stop.clone(), on));
     }
     loop {
         tokio::select! {
@@ -378,13 +390,14 @@ async fn accept(
     }
 }
 
-/// The `--status-bind` listener: the LB's own routes and nothing else, a
-/// few connections at a time, until the LB exits (while it drains too, when
-/// the health route says `503`).
-async fn serve_status(
+/// A listener of the LB's own (`--status-bind`, `--metrics`): its routes
+/// and nothing else, a few connections at a time, until the LB exits
+/// (while it drains too, when the health route says `503`).
+async fn serve_own(
     listener: io::Listener,
     lb: Arc<Lb>,
     stop: tokio::sync::watch::Receiver<bool>,
+    on: client::Listener,
 ) {
     let open = Arc::new(tokio::sync::Semaphore::new(STATUS_CONNECTIONS));
     loop {
@@ -398,27 +411,19 @@ async fn serve_status(
                 // before its request is read (it is then closed after it).
                 stop.borrow_and_update();
                 tokio::spawn(async move {
-                    client::serve(
-                        lb,
-                        stream.into(),
-                        peer,
-                        local,
-                        stop,
-                        client::Listener::Status,
-                    )
-                    .await;
+                    client::serve(lb, stream.into(), peer, local, stop, on).await;
                     drop(permit);
                 });
             }
             Err(e) => {
-                warn!("accept on the status listener: {e}");
+                warn!("accept on the {on:?} listener: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
 }
 
-/// Connections the status listener serves at once.
+/// Connections a listener of the LB's own serves at once.
 const STATUS_CONNECTIONS: usize = 16;
 
 fn bind_control(path: &std::path::Path) -> Result<UnixListener, Failure> {
@@ -460,12 +465,17 @@ impl Lb {
             client::Listener::Status => {
                 Some(self.status_path.as_deref().unwrap_or(DEFAULT_STATUS_PATH))
             }
+            client::Listener::Metrics => None,
         };
         let get = matches!(head.method, Method::GET | Method::HEAD);
         let redirect = self
             .redirect_https
             .filter(|_| on == client::Listener::Public && !client.https());
         match () {
+            _ if on == client::Listener::Metrics && get && path == "/metrics" => Some(
+                OwnRoute::ok("text/plain; version=0.0.4; charset=utf-8", self.metrics()),
+            ),
+            _ if on == client::Listener::Metrics => Some(OwnRoute::not_found()),
             _ if get && is(self.health_path.as_deref()) => Some(if self.draining() {
                 OwnRoute::new(
                     503,
@@ -485,12 +495,7 @@ impl Lb {
                 })
             }
             _ if get && is(status_path) => Some(OwnRoute::ok("application/json", self.status())),
-            _ if on == client::Listener::Status => Some(OwnRoute::new(
-                404,
-                "Not Found",
-                "text/plain",
-                b"Not Found".to_vec(),
-            )),
+            _ if on == client::Listener::Status => Some(OwnRoute::not_found()),
             _ => None,
         }
     }
@@ -520,6 +525,28 @@ impl Lb {
         } else {
             format!("https://{host}:{port}{target}")
         }
+    }
+
+    /// `--metrics`: the counters, and what is read now.
+    fn metrics(&self) -> Vec<u8> {
+        let stats = self.proxy.balancer.stats();
+        let gauges = metrics::Gauges {
+            start_time: self
+                .started_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            queue: stats.queued,
+            expected: self.workers,
+            joined: stats.workers,
+            idle: stats.idle,
+            busy: stats.busy,
+            spent: stats.spent,
+            connections: self.connections.count(),
+            rss_bytes: metrics::rss_bytes(),
+            descriptors: metrics::descriptors(),
+            draining: self.draining(),
+        };
+        metrics::METRICS.render(&gauges).into_bytes()
     }
 
     fn draining(&self) -> bool {

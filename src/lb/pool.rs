@@ -160,6 +160,8 @@ pub struct Stats {
     pub idle: usize,
     pub busy: usize,
     pub queued: usize,
+    /// Past their budget, waiting for their replacement.
+    pub spent: usize,
 }
 
 #[derive(Debug)]
@@ -510,11 +512,17 @@ impl<C, W> Pool<C, W> {
             .filter(|s| Self::serving(s) && self.is_current(s))
             .count();
         let busy = self.slots.values().filter(|s| s.lease.is_some()).count();
+        let spent = self
+            .slots
+            .values()
+            .filter(|s| matches!(s.life, Life::Spent(_)))
+            .count();
         Stats {
             workers,
             idle: self.idle.len(),
             busy,
             queued: self.queue.len(),
+            spent,
         }
     }
 

@@ -25,6 +25,7 @@ use super::exchange::{Exchange, Limits, Phase, Then};
 use super::forwarded::RequestId;
 use super::http1::{self, DateCache, Framing, Own, Parsed, RequestHead};
 use super::io::{Socket, BODY_CHUNK, HEAD_CHUNK};
+use super::metrics::{Cause, METRICS};
 use super::spool::{Spool, Spools};
 use super::upstream::Upstream;
 
@@ -236,12 +237,12 @@ impl Client {
             Some(own.content_type),
             own.body.len() as u64,
             received,
-            Duration::ZERO,
+            Answerer::Lb(Cause::of(&own)),
         );
         sent
     }
 
-    /// The access log line of the current request.
+    /// The access log line of the current request, and its metrics.
     #[allow(clippy::too_many_arguments)] // the columns of a line
     pub fn log(
         &self,
@@ -252,8 +253,13 @@ impl Client {
         content_type: Option<&str>,
         length: u64,
         received: Instant,
-        worker: Duration,
+        answerer: Answerer,
     ) {
+        let (cause, worker) = match answerer {
+            Answerer::Lb(cause) => (Some(cause), Duration::ZERO),
+            Answerer::App(took) => (None, took),
+        };
+        METRICS.answered(status, cause, self.queued, worker);
         log.log(&Entry {
             method,
             path,
@@ -753,7 +759,7 @@ impl Proxy {
                     None,
                     bytes,
                     received,
-                    started.elapsed(),
+                    Answerer::App(started.elapsed()),
                 );
                 Attempt::Done(Next::Close)
             }
@@ -822,7 +828,7 @@ impl Proxy {
                     content_type.as_deref(),
                     bytes,
                     received,
-                    worker,
+                    Answerer::App(worker),
                 );
                 let next = if client_ok && !closed && body.is_done() {
                     Next::KeepAlive
@@ -880,19 +886,28 @@ async fn send_reported<'a>(
     result
 }
 
+/// Who answered a request, for its log line and metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum Answerer {
+    /// The LB itself, for this cause.
+    Lb(Cause),
+    /// The app, its response head this long after the request went out.
+    App(Duration),
+}
+
 /// `503 Server busy`, with `Retry-After`.
-fn busy(close: bool) -> Own<'static> {
+pub(super) fn busy(close: bool) -> Own<'static> {
     Own {
         retry_after: true,
         ..Own::text(503, "Service Unavailable", "Server busy", close)
     }
 }
 
-fn request_timeout() -> Own<'static> {
+pub(super) fn request_timeout() -> Own<'static> {
     Own::text(408, "Request Timeout", "Request Timeout", true)
 }
 
-fn bad_gateway(close: bool) -> Own<'static> {
+pub(super) fn bad_gateway(close: bool) -> Own<'static> {
     Own::text(502, "Bad Gateway", "Bad Gateway", close)
 }
 

@@ -270,6 +270,10 @@ impl Supervisor {
             ),
             (None, _) => String::new(),
         };
+        let status = match c.metrics {
+            Some(addr) => format!("{status}; metrics on http://{addr}/metrics"),
+            None => status,
+        };
         let urls: Vec<String> = [
             c.port.map(|port| format!("http://{host}:{port}")),
             c.https

@@ -80,14 +80,18 @@ pub fn socket_dir() -> tempfile::TempDir {
 }
 
 /// Finds a runtime on PATH, or fails the test saying how to install it.
-pub fn runtime(name: &str) -> PathBuf {
+/// Where `name` is on PATH, if it is.
+pub fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is not on PATH; the tests need Node.js and Bun ('npm install -g bun')")
-        })
+}
+
+pub fn runtime(name: &str) -> PathBuf {
+    on_path(name).unwrap_or_else(|| {
+        panic!("{name} is not on PATH; the tests need Node.js and Bun ('npm install -g bun')")
+    })
 }
 
 /// Output collected from a child's pipe.
