@@ -21,6 +21,8 @@ For each app it starts these targets once (they stay up across repeats):
                  alone compared
   direct         the app alone on TCP, the ceiling: 2 Bun.serve processes
                  sharing the port (reusePort), or node:cluster with 2 workers
+  rip-base       with --rip-baseline=<binary>: `rip` run by that other
+                 rip-server build (an earlier commit's), for an A/B
 
 warms each up for a second, then loads them with `wrk -t1 -c<C> -d<D>s
 --latency` (or `oha`, `--client oha`) at each concurrency C, interleaved
@@ -327,6 +329,7 @@ class Target:
 
 class Rip(Target):
     name = "rip"
+    bin = BIN
     # Like for like with HAProxy: no access log, no reload watching.
     flags = ["--no-access-log", "--hot-reload=none"]
 
@@ -338,7 +341,7 @@ class Rip(Target):
     def start(self):
         app = self.app
         tls = ["https:0", "--cert=" + TLS.cert, "--key=" + TLS.key] if TLS else []
-        cmd = [BIN, os.path.join(APPS_DIR, app.source) if app.runtime else app.source,
+        cmd = [self.bin, os.path.join(APPS_DIR, app.source) if app.runtime else app.source,
                "http:0", "w:%d" % WORKERS] + tls + self.flags + [
                "--socket-dir=" + os.path.join(self.dir, "s")] + self.extra_args
         if app.runtime:
@@ -387,6 +390,16 @@ class Rip(Target):
 
     def rss(self):
         return rss_mib(self.find_lb())
+
+
+class RipBase(Rip):
+    """`rip` run by another rip-server binary (--rip-baseline): an A/B of
+    two builds, side by side in one run."""
+    name = "rip-base"
+
+    def __init__(self, app, tmp, extra_args, binary):
+        super().__init__(app, tmp, extra_args)
+        self.bin = binary
 
 
 class RipDefault(Rip):
@@ -816,6 +829,8 @@ RATIOS = (
     ("rip", "haproxy", "ok_rps", "rip/haproxy req/s"),
     ("rip", "haproxy", "p99", "rip/haproxy p99"),
     ("rip", "direct", "ok_rps", "rip/direct req/s"),
+    ("rip", "rip-base", "ok_rps", "rip/base req/s"),
+    ("rip", "rip-base", "p99", "rip/base p99"),
 )
 
 
@@ -853,11 +868,13 @@ def print_ratios(results):
 # Main
 
 
-TARGETS = ("rip", "rip-default", "haproxy-plain", "haproxy", "direct")
+TARGETS = ("rip", "rip-default", "haproxy-plain", "haproxy", "direct", "rip-base")
 
 
 def candidates(app, tmp, args):
     targets = [Rip(app, tmp, args.rip_args), RipDefault(app, tmp, [])]
+    if args.rip_baseline:
+        targets.append(RipBase(app, tmp, args.rip_args, args.rip_baseline))
     if app.runtime:
         if os.path.exists(HAPROXY):
             targets += [HaproxyPlain(app, tmp), Haproxy(app, tmp)]
@@ -931,7 +948,7 @@ def smoke_verdict(args, results, notes):
         for target in TARGETS:
             if target not in args.targets or (APPS[name].runtime is None and target not in ("rip", "rip-default")):
                 continue
-            if TLS and target == "direct":
+            if TLS and target == "direct" or target == "rip-base" and not args.rip_baseline:
                 continue
             runs = results.get((name, args.conc[0], target))
             if not runs:
@@ -971,6 +988,9 @@ def parse_args():
                              " answered 2xx with no socket error (CI; asserts nothing about speed)")
     parser.add_argument("--rip-args", default="r:0",
                         help='rip-server tokens and flags added to the command line (default "r:0")')
+    parser.add_argument("--rip-baseline", metavar="BINARY",
+                        help="also run `rip` with this rip-server binary (target rip-base; e.g. a build of"
+                             " an earlier commit) and print rip/base: an A/B of two builds in one run")
     parser.add_argument("--https", action="store_true",
                         help="load the HTTPS ports (rip-server's rustls, HAProxy's OpenSSL) with one self-signed"
                              " P-256 certificate; no direct target")
@@ -996,6 +1016,8 @@ def parse_args():
     if unknown:
         parser.error("unknown target %s (known: %s)" % (",".join(unknown), ",".join(TARGETS)))
     args.client = args.client or ("wrk" if shutil.which("wrk") else "python")
+    if args.rip_baseline and not os.access(args.rip_baseline, os.X_OK):
+        parser.error("--rip-baseline: %s is not an executable" % args.rip_baseline)
     if args.https and args.client == "python":
         parser.error("--https needs wrk or oha (the built-in client speaks plain HTTP only)")
     args.rip_args = shlex.split(args.rip_args)
