@@ -56,7 +56,7 @@ The development CA (under $RIP_HOME, else ~/.rip-server):
     about = "A process-isolating HTTP application server: one load balancer, N one-request-at-a-time workers",
     long_about = LONG_ABOUT,
     after_help = AFTER_HELP,
-    override_usage = "rip-server <APP> [http:<port>] [w:<N|auto>] [r:<N>] [OPTIONS]\n       rip-server --stop [APP]"
+    override_usage = "rip-server <APP> [http:<port>] [w:<N|auto>] [r:<N>] [OPTIONS]\n       rip-server --stop [APP]\n       rip-server status [APP] [--json]"
 )]
 struct PublicCli {
     /// The app, then its tokens (http:<port> w:<N|auto> r:<N>)
@@ -165,6 +165,8 @@ struct ResolvedApp {
 pub enum Invocation {
     Start(Config),
     Stop(StopTarget),
+    /// `rip-server status [<app>] [--json]`.
+    Status(StopTarget, bool),
     /// `rip-server ca:<command>` (or `ca <command>`).
     Ca(crate::ca::Command, crate::certs::Home),
     Manager {
@@ -244,7 +246,22 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
             .map_err(ParseOutcome::Usage)?;
         return Ok(Invocation::Ca(command, home));
     }
+    let status = argv.get(1).and_then(|a| a.to_str()) == Some("status");
+    let argv = if status {
+        [&argv[..1], &argv[2..]].concat()
+    } else {
+        argv
+    };
     let cli = PublicCli::try_parse_from(argv).map_err(clap_outcome)?;
+    if status {
+        if cli.stop || cli.args.len() > 1 {
+            return Err(ParseOutcome::Usage(format!(
+                "status takes at most one app and no --stop, got '{}'",
+                cli.args.join(" ")
+            )));
+        }
+        return Ok(Invocation::Status(servers(&cli)?, cli.options.json_logging));
+    }
     if cli.stop {
         if cli.args.len() > 1 {
             return Err(ParseOutcome::Usage(format!(
@@ -252,16 +269,21 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, ParseOutcome> {
                 cli.args.join(" ")
             )));
         }
-        let target = match cli.args.first() {
-            Some(_) => StopTarget::App(Box::new(config_from(&cli.options, &cli.args)?)),
-            None => {
-                let dir = &cli.options.socket_dir;
-                StopTarget::All(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()))
-            }
-        };
-        return Ok(Invocation::Stop(target));
+        return Ok(Invocation::Stop(servers(&cli)?));
     }
     Ok(Invocation::Start(config_from(&cli.options, &cli.args)?))
+}
+
+/// The servers `--stop` or `status` is about: the app's, or all in the
+/// socket dir.
+fn servers(cli: &PublicCli) -> Result<StopTarget, ParseOutcome> {
+    Ok(match cli.args.first() {
+        Some(_) => StopTarget::App(Box::new(config_from(&cli.options, &cli.args)?)),
+        None => {
+            let dir = &cli.options.socket_dir;
+            StopTarget::All(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()))
+        }
+    })
 }
 
 /// `ca:<command>` or `ca <command>` as the first argument.

@@ -39,6 +39,7 @@ pub mod manager;
 pub mod output;
 pub mod paths;
 pub mod spawn;
+pub mod status;
 pub mod stop;
 pub mod systemd;
 pub mod worker;
@@ -77,6 +78,7 @@ fn run_role(argv: Vec<OsString>) -> ExitCode {
     let result = match invocation {
         cli::Invocation::Start(config) => front::run(config),
         cli::Invocation::Stop(target) => stop::run(target),
+        cli::Invocation::Status(target, json) => status::run(target, json),
         cli::Invocation::Ca(command, home) => ca::run(command, &home),
         cli::Invocation::Manager {
             config,
@@ -131,6 +133,7 @@ fn init_tracing(invocation: &cli::Invocation) {
     let role = match invocation {
         cli::Invocation::Start(_) | cli::Invocation::Manager { .. } => "manager".to_string(),
         cli::Invocation::Stop(_) => "stop".to_string(),
+        cli::Invocation::Status(..) => "status".to_string(),
         cli::Invocation::Ca(..) => "ca".to_string(),
         cli::Invocation::Lb { .. } => "lb".to_string(),
         cli::Invocation::Worker { id, .. } => format!("worker {id}"),

@@ -58,20 +58,13 @@ fn is_manager(pid: u32, dir: &Path, prefix: &str) -> bool {
 /// Stops the server of `target`'s app, or every rip-server of this user
 /// in the socket dir.
 pub fn run(target: StopTarget) -> Result<(), Failure> {
-    let found: Vec<(Process, String)> = match &target {
-        StopTarget::App(config) => running(&config.paths)
-            .map(|process| (process, config.paths.prefix().to_string()))
-            .into_iter()
-            .collect(),
-        StopTarget::All(dir) => all_managers(dir),
-    };
+    let found = find(&target);
     if found.is_empty() {
-        let which = match &target {
-            StopTarget::App(config) => format!("for {}", config.app.name),
-            StopTarget::All(dir) => format!("in {}", dir.display()),
-        };
         // Nothing was stopped: a script that asked for a stop should know.
-        return Err(Failure::fatal(format!("no running server {which}")));
+        return Err(Failure::fatal(format!(
+            "no running server {}",
+            describe(&target)
+        )));
     }
     for (process, _) in &found {
         process.signal(Signal::SIGTERM);
@@ -102,7 +95,27 @@ pub fn run(target: StopTarget) -> Result<(), Failure> {
     }
 }
 
-/// What `--stop` stops.
+/// The running managers `target` names, each with its prefix.
+pub fn find(target: &StopTarget) -> Vec<(Process, String)> {
+    match target {
+        StopTarget::App(config) => running(&config.paths)
+            .map(|process| (process, config.paths.prefix().to_string()))
+            .into_iter()
+            .collect(),
+        StopTarget::All(dir) => all_managers(dir),
+    }
+}
+
+/// `for <app>` or `in <socket dir>`, for a line that found none.
+pub fn describe(target: &StopTarget) -> String {
+    match target {
+        StopTarget::App(config) => format!("for {}", config.app.name),
+        StopTarget::All(dir) => format!("in {}", dir.display()),
+    }
+}
+
+/// What `--stop` stops and `status` shows: one app's server, or every
+/// server of this user in a socket dir.
 #[derive(Debug)]
 pub enum StopTarget {
     App(Box<Config>),

@@ -80,6 +80,11 @@ impl<C> Scheduler<C> {
         self.pool().stats()
     }
 
+    /// Each joined worker (`rip-server status`).
+    pub fn workers(&self) -> Vec<super::pool::WorkerRow> {
+        self.pool().workers(Instant::now().into_std())
+    }
+
     /// Takes a worker off the rotation and asks the manager to replace it.
     pub fn retire(&self, id: WorkerId) {
         if self.pool().retire(id) {

@@ -1,4 +1,5 @@
-//! The LB's side of the control socket (docs/DESIGN.md §4): workers join and quit.
+//! The LB's side of the control socket (docs/DESIGN.md §4): workers join and
+//! quit, and `rip-server status` asks for the workers (`GET /workers`).
 //!
 //! Only processes of this user may connect (checked with the peer's
 //! credentials), a joining worker's socket must lie in the socket dir, and
@@ -31,6 +32,8 @@ pub struct Control {
     pub drain_limit: std::time::Duration,
     pub paths: Paths,
     pub manager: mpsc::UnboundedSender<LinkMsg>,
+    /// `w:<N>`.
+    pub expected: usize,
 }
 
 /// Accepts control connections until the listener fails.
@@ -71,6 +74,9 @@ pub async fn serve(listener: UnixListener, control: Arc<Control>) {
 
 impl Control {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/workers" && req.method() == Method::GET {
+            return self.workers();
+        }
         if req.uri().path() != "/worker" {
             return answer(StatusCode::NOT_FOUND, Bytes::from_static(b"not-found"));
         }
@@ -102,6 +108,24 @@ impl Control {
             self.balancer.drain(id, self.drain_limit).await;
         }
         answer(StatusCode::OK, control::ok_body())
+    }
+
+    /// `GET /workers`: the queue and each joined worker, as the LB sees them.
+    fn workers(&self) -> Response<Full<Bytes>> {
+        use super::metrics::{Cause, METRICS};
+        let stats = self.balancer.stats();
+        let body = serde_json::json!({
+            "expected": self.expected,
+            "joined": stats.workers,
+            "queue": {
+                "now": stats.queued,
+                "max": METRICS.queue_max().max(stats.queued as u64),
+                "timeouts": METRICS.answers(Cause::QueueTimeout),
+                "full": METRICS.answers(Cause::QueueFull),
+            },
+            "workers": self.balancer.workers(),
+        });
+        answer(StatusCode::OK, Bytes::from(body.to_string()))
     }
 
     fn apply(&self, message: Message) -> Result<(), (StatusCode, String)> {

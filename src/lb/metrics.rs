@@ -180,6 +180,17 @@ impl Metrics {
         self.bytes_out.fetch_add(n as u64, Relaxed);
     }
 
+    /// The most requests that waited at once.
+    pub fn queue_max(&self) -> u64 {
+        self.queue_max.load(Relaxed)
+    }
+
+    /// Answers of the LB's own for `cause` so far.
+    pub fn answers(&self, cause: Cause) -> u64 {
+        let i = Cause::ALL.iter().position(|c| *c == cause).unwrap_or(0);
+        self.own[i].load(Relaxed)
+    }
+
     /// The queue holds `depth` requests now.
     pub fn queued(&self, depth: usize) {
         self.queue_max.fetch_max(depth as u64, Relaxed);

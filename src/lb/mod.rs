@@ -256,6 +256,7 @@ async fn serve(
             drain_limit: config.shutdown_timeout,
             paths: config.paths.clone(),
             manager: manager_tx,
+            expected: config.workers,
         }),
     ));
 

@@ -143,6 +143,9 @@ struct Slot<C> {
     /// Requests this worker serves before it is retired; 0 = no limit.
     budget: u64,
     conn: Option<C>,
+    joined: Instant,
+    /// When it last took a request.
+    last_used: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -150,6 +153,21 @@ struct Waiter<W> {
     key: u64,
     deadline: Instant,
     waiter: W,
+}
+
+/// One joined worker, for `rip-server status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WorkerRow {
+    pub id: WorkerId,
+    pub version: Option<u64>,
+    /// idle, busy, spent, outdated (an older version), retired, leaving.
+    pub state: &'static str,
+    /// Requests it has taken.
+    pub served: u64,
+    /// Seconds since it joined.
+    pub joined_secs: f64,
+    /// Seconds since it last took a request (None: never).
+    pub idle_secs: Option<f64>,
 }
 
 /// Counts for `/status`.
@@ -283,6 +301,8 @@ impl<C, W> Pool<C, W> {
                 served: 0,
                 budget,
                 conn: None,
+                joined: now,
+                last_used: None,
             },
         );
         if self.eligible(id, now) {
@@ -505,6 +525,33 @@ impl<C, W> Pool<C, W> {
         }
     }
 
+    /// Each joined worker, by id, as `rip-server status` shows it.
+    pub fn workers(&self, now: Instant) -> Vec<WorkerRow> {
+        let mut rows: Vec<WorkerRow> = self
+            .slots
+            .iter()
+            .map(|(&id, s)| WorkerRow {
+                id,
+                version: s.version,
+                state: match (s.life, s.lease) {
+                    (Life::Leaving, _) => "leaving",
+                    (Life::Retired, _) => "retired",
+                    (_, Some(_)) => "busy",
+                    (Life::Spent(_), None) => "spent",
+                    (Life::Serving, None) if !self.is_current(s) => "outdated",
+                    (Life::Serving, None) => "idle",
+                },
+                served: s.served,
+                joined_secs: now.saturating_duration_since(s.joined).as_secs_f64(),
+                idle_secs: s
+                    .last_used
+                    .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            })
+            .collect();
+        rows.sort_by_key(|r| r.id);
+        rows
+    }
+
     pub fn stats(&self) -> Stats {
         let workers = self
             .slots
@@ -581,6 +628,7 @@ impl<C, W> Pool<C, W> {
         debug_assert!(slot.lease.is_none(), "worker {id} checked out twice");
         slot.lease = Some(epoch);
         slot.served += 1;
+        slot.last_used = Some(now);
         let limited = slot.budget > 0;
         let replace = limited && slot.served == replace_at(slot.budget);
         // (A spent worker filling in stays spent since it first was.)
