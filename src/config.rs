@@ -41,6 +41,9 @@ pub struct Config {
     pub max_requests: u64,
     /// Up to this many more requests per worker, drawn at random.
     pub max_requests_jitter: u64,
+    /// `--max-memory`: a worker whose process tree's RSS passes it is
+    /// replaced.
+    pub max_memory: Option<u64>,
     pub max_reloads: u32,
     pub hot_reload: HotReload,
     pub max_queue: usize,
@@ -293,6 +296,7 @@ impl Config {
             workers: tokens.workers.unwrap_or_else(cpu_count),
             max_requests: tokens.max_requests.unwrap_or(DEFAULT_MAX_REQUESTS),
             max_requests_jitter: options.max_requests_jitter,
+            max_memory: options.max_memory,
             max_reloads: options.max_reloads,
             hot_reload,
             max_queue: options.max_queue,
@@ -338,6 +342,11 @@ impl Config {
             format!("w:{}", self.workers),
             format!("r:{}", self.max_requests),
             format!("--max-requests-jitter={}", self.max_requests_jitter),
+        ];
+        if let Some(bytes) = self.max_memory {
+            args.push(format!("--max-memory={bytes}"));
+        }
+        args.extend([
             format!("--bind={}", self.bind),
             format!("--max-reloads={}", self.max_reloads),
             format!("--hot-reload={}", self.hot_reload.as_str()),
@@ -370,7 +379,7 @@ impl Config {
             format!("--socket-prefix={}", self.paths.prefix()),
             format!("--socket-dir={}", self.paths.dir().display()),
             format!("--runtime={}", self.app.runtime_arg()),
-        ];
+        ]);
         if let Some(port) = self.port {
             args.push(format!("http:{port}"));
         }

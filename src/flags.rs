@@ -194,6 +194,10 @@ pub struct Options {
     )]
     pub max_requests_jitter: u64,
 
+    /// Recycle a worker (gracefully) once it and its app use more memory than this (K, M, G)
+    #[arg(long, env = "RIP_MAX_MEMORY", value_name = "BYTES", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+
     /// Module reloads a worker takes before it is recycled
     #[arg(long, env = "RIP_MAX_RELOADS", value_name = "N", default_value_t = 10)]
     pub max_reloads: u32,

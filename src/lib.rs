@@ -38,6 +38,7 @@ pub mod listeners;
 pub mod manager;
 pub mod output;
 pub mod paths;
+pub mod procfs;
 pub mod spawn;
 pub mod status;
 pub mod stop;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::paths::Paths;
+use crate::procfs::{self, Table};
 use crate::stop::{self, StopTarget};
 use crate::Failure;
 
@@ -52,7 +53,7 @@ pub fn run(target: StopTarget, as_json: bool) -> Result<(), Failure> {
 
 /// One server, as JSON.
 fn server(dir: &Path, prefix: &str, manager: u32) -> Value {
-    let table = proc_table();
+    let table = procfs::table();
     let asked =
         Paths::new(dir, Some(prefix.to_string()), "", "").and_then(|paths| ask(&paths.ctl()));
     let (lb, error) = match asked {
@@ -67,7 +68,7 @@ fn server(dir: &Path, prefix: &str, manager: u32) -> Value {
     let mut workers: Vec<Value> = Vec::new();
     let processes = worker_processes(manager, &table);
     for (id, pid) in &processes {
-        let tree = tree(*pid, &table);
+        let tree = procfs::tree(*pid, &table);
         let lb_row = joined.iter().find(|w| w["id"].as_u64() == Some(*id as u64));
         let state = match lb_row {
             Some(row) => row["state"].clone(),
@@ -142,74 +143,8 @@ fn ask(ctl: &Path) -> Result<Value, String> {
     serde_json::from_str(body).map_err(|e| format!("the load balancer's answer: {e}"))
 }
 
-/// A process, as `/proc/<pid>/stat` and `statm` describe it.
-struct Proc {
-    ppid: u32,
-    rss_bytes: u64,
-    cpu_secs: f64,
-    age_secs: f64,
-}
-
-fn proc_table() -> std::collections::HashMap<u32, Proc> {
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|u| u.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    let mut table = std::collections::HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return table;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the command name, which may hold spaces and parentheses.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // Fields from the state on (stat(5) numbers them from 1, with the
-        // pid and the name first): ppid 4, utime 14, stime 15, starttime 22.
-        let resident: u64 = std::fs::read_to_string(format!("/proc/{pid}/statm"))
-            .ok()
-            .and_then(|m| m.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0);
-        table.insert(
-            pid,
-            Proc {
-                ppid: field(1) as u32,
-                rss_bytes: resident * page,
-                cpu_secs: (field(11) + field(12)) / tick,
-                age_secs: (uptime - field(19) / tick).max(0.0),
-            },
-        );
-    }
-    table
-}
-
 /// The manager's worker processes (`rip-server worker <id> ...`), by id.
-fn worker_processes(manager: u32, table: &std::collections::HashMap<u32, Proc>) -> Vec<(u32, u32)> {
+fn worker_processes(manager: u32, table: &Table) -> Vec<(u32, u32)> {
     let mut found: Vec<(u32, u32)> = table
         .iter()
         .filter(|(_, p)| p.ppid == manager)
@@ -224,23 +159,6 @@ fn worker_processes(manager: u32, table: &std::collections::HashMap<u32, Proc>) 
         .collect();
     found.sort();
     found
-}
-
-/// `pid` and its descendants.
-fn tree(pid: u32, table: &std::collections::HashMap<u32, Proc>) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        let parent = all[i];
-        all.extend(
-            table
-                .iter()
-                .filter(|(_, p)| p.ppid == parent)
-                .map(|(&c, _)| c),
-        );
-        i += 1;
-    }
-    all
 }
 
 /// One server as the terminal shows it.

@@ -267,6 +267,54 @@ fn recycling_under_load_fails_no_request_under_bun() {
     recycling_under_load_fails_no_request("bun");
 }
 
+/// Issue 16: `--max-memory` replaces a worker whose app leaks, the
+/// graceful way, under load: the replacement joins first, no request fails.
+#[test]
+fn a_worker_over_max_memory_is_recycled_under_load_failing_no_request() {
+    // r:0: no recycling by request count, which would replace it too.
+    let server = Server::start(&[
+        &probe(),
+        "w:1",
+        "r:0",
+        "--max-memory=64M",
+        "--no-access-log",
+    ]);
+    server.wait_workers(1);
+    let first_app = server.get("/pid").text();
+    let load = Load::start(server.port, 4, "/pid");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !server.output().contains("over --max-memory"),
+        "replaced before it grew: {}",
+        server.output()
+    );
+    // The app leaks 16 MiB a request until the manager notices.
+    eventually("the worker replaced for its memory", || {
+        if server
+            .output()
+            .contains("over --max-memory (64.0 MiB): replacing it")
+        {
+            return Some(());
+        }
+        assert_eq!(server.get("/grow?mb=16").status, 200);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        None
+    });
+    server.wait_output("worker 1 ready");
+    eventually("the leaking app stopped", || {
+        (!alive(first_app.parse().unwrap())).then_some(())
+    });
+    let answers = load.finish();
+    assert_eq!(failures(&answers), vec![], "of {} requests", answers.len());
+    let apps: std::collections::BTreeSet<&str> =
+        answers.iter().map(|(_, pid)| pid.as_str()).collect();
+    assert!(
+        apps.len() >= 2 && apps.contains(first_app.as_str()),
+        "{apps:?}"
+    );
+    assert_ne!(server.get("/pid").text(), first_app);
+}
+
 #[test]
 fn jitter_spreads_recycling() {
     let server = Server::start(&["builtin:hello", "w:1", "r:10", "--max-requests-jitter=10"]);

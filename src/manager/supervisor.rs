@@ -180,7 +180,12 @@ pub struct Supervisor {
     watch: Option<(watch::Watch, mpsc::Receiver<Vec<PathBuf>>)>,
     /// What systemd has been told, when it started us.
     systemd: Option<Systemd>,
+    /// When the workers' memory was last sampled (`--max-memory`).
+    memory_sampled: Instant,
 }
+
+/// How often `--max-memory` samples the workers' memory.
+const MEMORY_EVERY: Duration = Duration::from_secs(1);
 
 /// The manager's side of `sd_notify`: `READY=1` once every worker is
 /// ready, `STATUS=` as the counts change, `RELOADING=1` for a rolling
@@ -230,6 +235,7 @@ impl Supervisor {
             give_up: None,
             watch: None,
             systemd: None,
+            memory_sampled: Instant::now(),
         };
         let env = |name: &str| std::env::var(name).ok();
         match crate::systemd::Notifier::from_env(&env, std::process::id()) {
@@ -347,6 +353,7 @@ impl Supervisor {
                 _ = tick.tick() => {
                     self.restart_lb_if_due();
                     self.enforce_deadlines();
+                    self.limit_memory();
                     self.reconcile();
                 }
             }
@@ -619,6 +626,37 @@ impl Supervisor {
 
     /// Fills every empty slot whose backoff has run out. (A slot whose
     /// worker is retiring is empty: its replacement starts now.)
+    /// `--max-memory`: about once a second, a serving worker whose process
+    /// tree (it and its app) holds more than the limit is replaced the way
+    /// a recycled one is — its replacement starts now, and it is stopped
+    /// (its request in flight finished) once the replacement has joined.
+    fn limit_memory(&mut self) {
+        let Some(limit) = self.config.max_memory else {
+            return;
+        };
+        if self.memory_sampled.elapsed() < MEMORY_EVERY {
+            return;
+        }
+        self.memory_sampled = Instant::now();
+        let table = crate::procfs::table();
+        for (id, worker) in &mut self.workers {
+            if worker.state != State::Ready {
+                continue;
+            }
+            let rss = crate::procfs::tree_rss(worker.process.pid(), &table);
+            if rss > limit {
+                let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                warn!(
+                    "worker {id} (pid {}) holds {:.1} MiB with its app, over --max-memory ({:.1} MiB): replacing it",
+                    worker.process.pid(),
+                    mib(rss),
+                    mib(limit)
+                );
+                worker.state = State::Retiring;
+            }
+        }
+    }
+
     /// Tells systemd what changed since it was last told (see [`Systemd`]).
     fn tell_systemd(&mut self) {
         let Some(systemd) = &self.systemd else {
