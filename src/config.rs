@@ -53,6 +53,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub boot_timeout: Duration,
     pub access_log: AccessLog,
+    /// `--access-log=<path>`: the LB writes it there (absolute), not to
+    /// stdout, and reopens it on SIGUSR1.
+    pub access_log_file: Option<std::path::PathBuf>,
     /// The largest request body accepted.
     pub max_body: u64,
     /// Bodies are read whole before a worker takes them.
@@ -268,6 +271,9 @@ impl Config {
         let hot_reload = options
             .hot_reload
             .unwrap_or_else(|| default_hot_reload(env));
+        if options.no_access_log && options.access_log.is_some() {
+            return Err("--access-log names a file for the log --no-access-log turns off".into());
+        }
         let access_log = match (options.no_access_log, options.json_logging) {
             (true, _) => AccessLog::Off,
             (false, true) => AccessLog::Json,
@@ -306,6 +312,7 @@ impl Config {
             shutdown_timeout: Duration::from_millis(options.shutdown_timeout_ms),
             boot_timeout: Duration::from_millis(options.boot_timeout_ms),
             access_log,
+            access_log_file: options.access_log.as_deref().map(absolute).transpose()?,
             max_body: options.max_body,
             request_buffering: options.request_buffering,
             body_buffer: options.body_buffer,
@@ -413,6 +420,9 @@ impl Config {
         args.extend(self.ignore.iter().map(|g| format!("--ignore={g}")));
         if self.underscore_headers {
             args.push("--allow-underscore-headers".into());
+        }
+        if let Some(path) = &self.access_log_file {
+            args.push(format!("--access-log={}", path.display()));
         }
         match self.access_log {
             AccessLog::Off => args.push("--no-access-log".into()),

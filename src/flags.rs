@@ -388,6 +388,10 @@ pub struct Options {
     #[arg(long = "json-logging", visible_alias = "json")]
     pub json_logging: bool,
 
+    /// Write the access log to this file (reopened on SIGUSR1, for logrotate) instead of stdout
+    #[arg(long, env = "RIP_ACCESS_LOG", value_name = "PATH")]
+    pub access_log: Option<std::path::PathBuf>,
+
     /// Write no access log
     #[arg(long)]
     pub no_access_log: bool,

@@ -63,6 +63,10 @@ fn become_manager(mut config: Config, pid_file: &PidFile) -> Result<(), Failure>
             }
         }
     }
+    if let Some(path) = &config.access_log_file {
+        // Created now if missing, as the LB will; its directory must exist.
+        crate::lb::access_log::open(path).map_err(Failure::Usage)?;
+    }
     let mut listeners = Listeners::default();
     // Listeners systemd passed (socket activation) are used as they are.
     let env = |name: &str| std::env::var(name).ok();

@@ -549,17 +549,114 @@ fn micros_now() -> u64 {
         .as_micros() as u64
 }
 
+/// Issue 16: `--access-log=<path>` writes the lines to a file, reopened on
+/// SIGUSR1 once logrotate has moved it; a JSON line names the client, the
+/// worker and the bytes in and out.
+#[test]
+fn the_access_log_goes_to_a_file_reopened_on_sigusr1() {
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("access.log");
+    let flag = format!("--access-log={}", path.display());
+    let server = Server::start(&["builtin:hello", "w:1", "--json", &flag]);
+    server.wait_workers(1);
+    assert_eq!(server.get("/ping").status, 200);
+    let r = server.request("POST", "/echo", &[], b"hello");
+    assert_eq!(r.text(), "hello");
+    let lines = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            // Not the test's own polls of the status.
+            .filter(|l| l["path"] != "/status")
+            .collect()
+    };
+    let first = eventually("two lines in the file", || {
+        let got = lines(&path);
+        (got.len() == 2).then_some(got)
+    });
+    assert!(
+        !server.stdout.text().contains("\"path\""),
+        "the log is not on stdout"
+    );
+    let ping = &first[0];
+    assert_eq!(
+        (ping["path"].as_str(), ping["client"].as_str()),
+        (Some("/ping"), Some("127.0.0.1"))
+    );
+    assert_eq!(ping["worker"], 0);
+    let echo = &first[1];
+    // Its request line, headers and 5 bytes in; its answer out.
+    assert!(echo["bytesIn"].as_u64().unwrap() > 5 + 20, "{echo}");
+    assert!(echo["bytesOut"].as_u64().unwrap() > 5 + 17, "{echo}");
+    assert_eq!(echo["length"], 5);
+    // The LB's own answer has no worker.
+    server.get("/server");
+    eventually("the health check's line", || {
+        (lines(&path).len() == 3).then_some(())
+    });
+    assert_eq!(lines(&path)[2]["worker"], serde_json::Value::Null);
+
+    // logrotate: move the file away, SIGUSR1 the manager.
+    let rotated = logs.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        Signal::SIGUSR1,
+    )
+    .unwrap();
+    server.wait_output("SIGUSR1: reopened the access log");
+    server.get("/ping");
+    let fresh = eventually("a line in the new file", || {
+        let got = lines(&path);
+        (got.len() == 1).then_some(got)
+    });
+    assert_eq!(fresh[0]["path"], "/ping");
+    assert_eq!(lines(&rotated).len(), 3, "the old file keeps its lines");
+    assert_eq!(server.get("/ping").status, 200, "the server lives on");
+
+    let nowhere = run(
+        &["builtin:hello", "--access-log=/nonexistent/dir/access.log"],
+        &[],
+    );
+    assert_eq!(nowhere.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(
+        said.starts_with("rip-server: cannot write the access log /nonexistent/dir/access.log"),
+        "{said}"
+    );
+    let both = run(&["builtin:hello", &flag, "--no-access-log"], &[]);
+    assert_eq!(both.status.code(), Some(2));
+}
+
 #[test]
 fn access_log_lines_human_json_and_off() {
-    let human = Server::start(&["builtin:hello", "w:1"]);
+    // Local time with its offset (a POSIX TZ: UTC+5:30, no tzdata needed).
+    let human = Server::start_with(
+        &["builtin:hello", "w:1"],
+        Start {
+            env: vec![("TZ", "XYZ-5:30".into())],
+            ..Start::default()
+        },
+    );
     human.wait_workers(1);
     let r = human.get("/ping");
     let id = r.header("x-request-id").expect("a request id").to_string();
     assert_eq!(id.len(), 36, "{id}");
     let out = human.wait_output("GET /ping");
     let line = out.lines().find(|l| l.contains("GET /ping")).unwrap();
-    // [2026-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B <id>
-    assert!(line.starts_with('[') && line.contains(" +0000 "), "{line}");
+    // [2026-11-28 17:30:00.123 +0530  52µs  41µs] GET /ping → 200 plain 4B <id>
+    assert!(line.starts_with('[') && line.contains(" +0530 "), "{line}");
+    let shown: u32 = line[12..14].parse().unwrap();
+    let utc_hour = (micros_now() / 3_600_000_000 % 24) as u32;
+    let minute = (micros_now() / 60_000_000 % 60) as u32;
+    // The hour shown is UTC's + 5 (or + 6 past the half hour), give or
+    // take the hour turning over between the line and now.
+    let want = (utc_hour + 5 + u32::from(minute >= 30)) % 24;
+    assert!(
+        shown == want || shown == (want + 23) % 24,
+        "{line}: {shown} vs {want}"
+    );
     assert!(
         line.ends_with(&format!("] GET /ping → 200 plain 4B {id}")),
         "{line}"

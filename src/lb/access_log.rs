@@ -28,6 +28,14 @@ pub struct Entry<'a> {
     /// From the request out to the response head.
     pub worker: Duration,
     pub request_id: &'a str,
+    /// The connection's peer (a unix-socket or unknown peer: None).
+    pub client: Option<std::net::IpAddr>,
+    /// The worker whose app answered (None: the LB did).
+    pub worker_id: Option<u32>,
+    /// Bytes read from and written to the client's connection since the
+    /// previous request's line (heads and bodies; plaintext under TLS).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 #[derive(Clone)]
@@ -77,11 +85,86 @@ impl AccessLog {
     }
 }
 
-/// `[2026-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B <request id>`
+/// Makes `path` (opened for appending, created 0640) this process'
+/// stdout, where the access log goes: at the LB's start, and again on
+/// SIGUSR1 once logrotate has moved the old file away. The writer thread
+/// goes on writing to the same descriptor, which now is the new file.
+pub fn write_to(path: &std::path::Path) -> Result<(), String> {
+    let file = open(path)?;
+    // dup2 replaces what descriptor 1 refers to in one step.
+    nix::unistd::dup2_stdout(&file)
+        .map_err(|e| format!("cannot write the access log {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// `path`, opened to append access log lines (created 0640 if missing).
+pub fn open(path: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| format!("cannot write the access log {}: {e}", path.display()))
+}
+
+/// The local time's offset from UTC at `secs` since the epoch, in seconds
+/// (what `localtime_r` says: the TZ variable, else /etc/localtime), kept
+/// for the minute it was asked for.
+fn local_offset(secs: u64) -> i32 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // The minute (high 32 bits) and its offset (low 32).
+    static CACHED: AtomicU64 = AtomicU64::new(u64::MAX);
+    let minute = (secs / 60) as u32;
+    let cached = CACHED.load(Ordering::Relaxed);
+    if (cached >> 32) as u32 == minute {
+        return cached as u32 as i32;
+    }
+    let t = secs as libc::time_t;
+    // SAFETY: localtime_r only writes the tm it is given; a zeroed tm is a
+    // valid one to start from.
+    let offset = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            0
+        } else {
+            tm.tm_gmtoff as i32
+        }
+    };
+    CACHED.store(
+        ((minute as u64) << 32) | offset as u32 as u64,
+        Ordering::Relaxed,
+    );
+    offset
+}
+
+/// `[2026-11-28 13:00:00.123 +0100  52µs  41µs] GET /ping → 200 plain 4B <request id>`,
+/// in local time with its offset (the original's format).
 fn write_human(out: &mut Vec<u8>, now: SystemTime, e: &Entry<'_>) -> std::io::Result<()> {
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    write_human_at(out, now, local_offset(secs), e)
+}
+
+fn write_human_at(
+    out: &mut Vec<u8>,
+    now: SystemTime,
+    offset: i32,
+    e: &Entry<'_>,
+) -> std::io::Result<()> {
     out.push(b'[');
-    write_time(out, now, b' ')?;
-    out.extend_from_slice(b" +0000 ");
+    let local = if offset >= 0 {
+        now + Duration::from_secs(offset as u64)
+    } else {
+        now.checked_sub(Duration::from_secs(offset.unsigned_abs() as u64))
+            .unwrap_or(now)
+    };
+    write_time(out, local, b' ')?;
+    let (sign, abs) = if offset < 0 {
+        ('-', -offset)
+    } else {
+        ('+', offset)
+    };
+    write!(out, " {sign}{:02}{:02} ", abs / 3600, abs % 3600 / 60)?;
     write_scaled(out, e.total.as_secs_f64())?;
     out.push(b' ');
     write_scaled(out, e.worker.as_secs_f64())?;
@@ -117,7 +200,19 @@ fn write_json(out: &mut Vec<u8>, app: &str, now: SystemTime, e: &Entry<'_>) -> s
     }
     write!(out, ",\"length\":{},\"requestId\":", e.length)?;
     write_json_str(out, e.request_id);
-    writeln!(out, "}}")
+    match e.client {
+        Some(ip) => write!(out, ",\"client\":\"{ip}\"")?,
+        None => out.extend_from_slice(b",\"client\":null"),
+    }
+    match e.worker_id {
+        Some(id) => write!(out, ",\"worker\":{id}")?,
+        None => out.extend_from_slice(b",\"worker\":null"),
+    }
+    writeln!(
+        out,
+        ",\"bytesIn\":{},\"bytesOut\":{}}}",
+        e.bytes_in, e.bytes_out
+    )
 }
 
 /// `text/plain` of `text/plain; charset=utf-8`.
@@ -244,6 +339,10 @@ mod tests {
             queued: Duration::from_micros(7),
             worker: Duration::from_micros(41),
             request_id: "5f0c7d2e-1b1a-4c4e-9a52-0b1c2d3e4f50",
+            client: Some("192.0.2.7".parse().expect("ip")),
+            worker_id: Some(3),
+            bytes_in: 78,
+            bytes_out: 131,
         }
     }
 
@@ -253,11 +352,21 @@ mod tests {
         let ct = "text/plain; charset=utf-8";
         let mut out = Vec::new();
         let at = UNIX_EPOCH + Duration::from_millis(1_764_331_200_123);
-        write_human(&mut out, at, &entry(&method, ct)).expect("write");
+        write_human_at(&mut out, at, 0, &entry(&method, ct)).expect("write");
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "[2025-11-28 12:00:00.123 +0000  52µs  41µs] GET /ping → 200 plain 4B 5f0c7d2e-1b1a-4c4e-9a52-0b1c2d3e4f50\n"
         );
+        // Local time, with its offset: east and west of UTC, by the minute.
+        for (offset, shown) in [
+            (3600 + 1800, "[2025-11-28 13:30:00.123 +0130 "),
+            (-5 * 3600, "[2025-11-28 07:00:00.123 -0500 "),
+        ] {
+            let mut out = Vec::new();
+            write_human_at(&mut out, at, offset, &entry(&method, ct)).expect("write");
+            let line = String::from_utf8(out).expect("utf8");
+            assert!(line.starts_with(shown), "{line}");
+        }
     }
 
     #[test]
@@ -278,5 +387,11 @@ mod tests {
         assert!(line["workerSeconds"].as_f64().expect("f64") > 0.0);
         assert_eq!(line["queueSeconds"].as_f64(), Some(0.000007));
         assert_eq!(line["requestId"], "5f0c7d2e-1b1a-4c4e-9a52-0b1c2d3e4f50");
+        assert_eq!(line["client"], "192.0.2.7");
+        assert_eq!(line["worker"], 3);
+        assert_eq!(
+            (line["bytesIn"].as_u64(), line["bytesOut"].as_u64()),
+            (Some(78), Some(131))
+        );
     }
 }

@@ -8,44 +8,79 @@ use std::time::Duration;
 use super::io::Socket;
 use super::metrics::METRICS;
 use super::tls::TlsSocket;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub enum Conn {
+pub struct Conn {
+    kind: Kind,
+    /// Bytes read and written so far (for the access log).
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+enum Kind {
     Plain(Socket),
     Tls(Box<TlsSocket>),
 }
 
 impl From<Socket> for Conn {
     fn from(socket: Socket) -> Conn {
-        Conn::Plain(socket)
+        Conn::new(Kind::Plain(socket))
     }
 }
 
 impl Conn {
+    pub fn tls(socket: TlsSocket) -> Conn {
+        Conn::new(Kind::Tls(Box::new(socket)))
+    }
+
+    fn new(kind: Kind) -> Conn {
+        Conn {
+            kind,
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
-        matches!(self, Conn::Tls(_))
+        matches!(self.kind, Kind::Tls(_))
+    }
+
+    /// Bytes read from and written to this connection so far.
+    pub fn counted(&self) -> (u64, u64) {
+        (self.read.load(Relaxed), self.written.load(Relaxed))
+    }
+
+    fn count_in(&self, n: usize) {
+        self.read.fetch_add(n as u64, Relaxed);
+        METRICS.bytes_in(n);
+    }
+
+    fn count_out(&self, n: usize) {
+        self.written.fetch_add(n as u64, Relaxed);
+        METRICS.bytes_out(n);
     }
 
     /// See [`Socket::read_into`]. (What a client sends and is sent is
     /// counted here, for the metrics.)
     pub async fn read_into(&self, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
-        let read = match self {
-            Conn::Plain(s) => s.read_into(buf, want).await,
-            Conn::Tls(s) => s.read_into(buf, want).await,
+        let read = match &self.kind {
+            Kind::Plain(s) => s.read_into(buf, want).await,
+            Kind::Tls(s) => s.read_into(buf, want).await,
         };
         if let Ok(n) = read {
-            METRICS.bytes_in(n);
+            self.count_in(n);
         }
         read
     }
 
     /// See [`Socket::write_all`].
     pub async fn write_all(&self, parts: &[&[u8]]) -> io::Result<()> {
-        let written = match self {
-            Conn::Plain(s) => s.write_all(parts).await,
-            Conn::Tls(s) => s.write_all(parts).await,
+        let written = match &self.kind {
+            Kind::Plain(s) => s.write_all(parts).await,
+            Kind::Tls(s) => s.write_all(parts).await,
         };
         if written.is_ok() {
-            METRICS.bytes_out(parts.iter().map(|p| p.len()).sum());
+            self.count_out(parts.iter().map(|p| p.len()).sum());
         }
         written
     }
@@ -57,12 +92,12 @@ impl Conn {
     {
         let mut total = 0;
         let parts = parts.inspect(|p| total += p.len());
-        let written = match self {
-            Conn::Plain(s) => s.write_parts(parts).await,
-            Conn::Tls(s) => s.write_parts(parts).await,
+        let written = match &self.kind {
+            Kind::Plain(s) => s.write_parts(parts).await,
+            Kind::Tls(s) => s.write_parts(parts).await,
         };
         if written.is_ok() {
-            METRICS.bytes_out(total);
+            self.count_out(total);
         }
         written
     }
@@ -72,45 +107,45 @@ impl Conn {
     where
         I: Iterator<Item = &'a [u8]>,
     {
-        let written = match self {
-            Conn::Plain(s) => s.try_write_parts(parts),
-            Conn::Tls(s) => s.try_write_parts(parts),
+        let written = match &self.kind {
+            Kind::Plain(s) => s.try_write_parts(parts),
+            Kind::Tls(s) => s.try_write_parts(parts),
         };
         if let Ok(n) = written {
-            METRICS.bytes_out(n);
+            self.count_out(n);
         }
         written
     }
 
     /// See [`Socket::wait_writable`].
     pub async fn wait_writable(&self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.wait_writable().await,
-            Conn::Tls(s) => s.wait_writable().await,
+        match &self.kind {
+            Kind::Plain(s) => s.wait_writable().await,
+            Kind::Tls(s) => s.wait_writable().await,
         }
     }
 
     /// See [`Socket::closed`].
     pub async fn closed(&self) {
-        match self {
-            Conn::Plain(s) => s.closed().await,
-            Conn::Tls(s) => s.closed().await,
+        match &self.kind {
+            Kind::Plain(s) => s.closed().await,
+            Kind::Tls(s) => s.closed().await,
         }
     }
 
     /// See [`Socket::drain`].
     pub async fn drain(&self, idle: Duration, limit: Duration, max: usize) {
-        match self {
-            Conn::Plain(s) => s.drain(idle, limit, max).await,
-            Conn::Tls(s) => s.drain(idle, limit, max).await,
+        match &self.kind {
+            Kind::Plain(s) => s.drain(idle, limit, max).await,
+            Kind::Tls(s) => s.drain(idle, limit, max).await,
         }
     }
 
     /// See [`Socket::shutdown_write`]; TLS sends its close_notify first.
     pub fn shutdown_write(&self) {
-        match self {
-            Conn::Plain(s) => s.shutdown_write(),
-            Conn::Tls(s) => s.shutdown_write(),
+        match &self.kind {
+            Kind::Plain(s) => s.shutdown_write(),
+            Kind::Tls(s) => s.shutdown_write(),
         }
     }
 }

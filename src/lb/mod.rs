@@ -146,6 +146,10 @@ async fn serve(
     let signal_failure = |e| Failure::fatal(format!("cannot install signal handlers: {e}"));
     let mut term = signal(SignalKind::terminate()).map_err(signal_failure)?;
     let mut hup = signal(SignalKind::hangup()).map_err(signal_failure)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(signal_failure)?;
+    if let Some(path) = &config.access_log_file {
+        access_log::write_to(path).map_err(Failure::fatal)?;
+    }
     let listen = |fd: RawFd| {
         // SAFETY: the manager passed these descriptors to this process alone.
         let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
@@ -327,7 +331,7 @@ async fn serve(
                         Some(tls) => {
                             let deadline = Instant::now() + lb.timeouts.header;
                             match tls::accept(stream, tls, deadline).await {
-                                Ok(tls) => Conn::Tls(Box::new(tls)),
+                                Ok(tls) => Conn::tls(tls),
                                 Err(refused) => {
                                     tracing::debug!("TLS handshake with {peer}: {refused:?}");
                                     return;
@@ -340,6 +344,16 @@ async fn serve(
                 });
             }
             _ = term.recv() => break,
+            _ = usr1.recv() => {
+                // logrotate moved the file away: write to a new one.
+                if let Some(path) = &config.access_log_file {
+                    log.flush();
+                    match access_log::write_to(path) {
+                        Ok(()) => info!("SIGUSR1: reopened the access log {}", path.display()),
+                        Err(why) => warn!("SIGUSR1: {why}; writing on to the old file"),
+                    }
+                }
+            }
             _ = hup.recv() => {
                 if https.is_some() {
                     info!("SIGHUP: rereading the certificates");

@@ -173,6 +173,8 @@ pub struct Client {
     pub eof: bool,
     /// What the client has not taken yet of a response.
     pub backlog: Backlog,
+    /// The connection's byte counts at the last access log line.
+    logged: std::cell::Cell<(u64, u64)>,
 }
 
 impl Client {
@@ -195,6 +197,7 @@ impl Client {
             host,
             eof: false,
             backlog: Backlog::new(spools),
+            logged: std::cell::Cell::new((0, 0)),
         }
     }
 
@@ -255,12 +258,20 @@ impl Client {
         received: Instant,
         answerer: Answerer,
     ) {
-        let (cause, worker) = match answerer {
-            Answerer::Lb(cause) => (Some(cause), Duration::ZERO),
-            Answerer::App(took) => (None, took),
+        let (cause, worker, worker_id) = match answerer {
+            Answerer::Lb(cause) => (Some(cause), Duration::ZERO, None),
+            Answerer::App(took, id) => (None, took, id),
         };
         METRICS.answered(status, cause, self.queued, worker);
+        // What went in and out since the last request's line.
+        let counted = self.socket.counted();
+        let logged = self.logged.replace(counted);
+        let (bytes_in, bytes_out) = (counted.0 - logged.0, counted.1 - logged.1);
         log.log(&Entry {
+            client: self.peer,
+            worker_id,
+            bytes_in,
+            bytes_out,
             method,
             path,
             status,
@@ -645,6 +656,7 @@ impl Proxy {
                 hsts: client.hsts.value,
             },
         );
+        let worker_id = ex.worker().map(|(id, _)| id);
         let answer = if ex.phase() == Phase::AwaitingHead {
             // The client may close its end now (a half-close) and still
             // read the answer; one that has gone is found out when the
@@ -759,7 +771,7 @@ impl Proxy {
                     None,
                     bytes,
                     received,
-                    Answerer::App(started.elapsed()),
+                    Answerer::App(started.elapsed(), worker_id),
                 );
                 Attempt::Done(Next::Close)
             }
@@ -828,7 +840,7 @@ impl Proxy {
                     content_type.as_deref(),
                     bytes,
                     received,
-                    Answerer::App(worker),
+                    Answerer::App(worker, worker_id),
                 );
                 let next = if client_ok && !closed && body.is_done() {
                     Next::KeepAlive
@@ -891,8 +903,9 @@ async fn send_reported<'a>(
 pub enum Answerer {
     /// The LB itself, for this cause.
     Lb(Cause),
-    /// The app, its response head this long after the request went out.
-    App(Duration),
+    /// The app of this worker, its response head this long after the
+    /// request went out.
+    App(Duration, Option<u32>),
 }
 
 /// `503 Server busy`, with `Retry-After`.

@@ -331,11 +331,18 @@ impl Supervisor {
         let mut term = signal(SignalKind::terminate()).map_err(signal_failure)?;
         let mut int = signal(SignalKind::interrupt()).map_err(signal_failure)?;
         let mut hup = signal(SignalKind::hangup()).map_err(signal_failure)?;
+        let mut usr1 = signal(SignalKind::user_defined1()).map_err(signal_failure)?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                _ = usr1.recv() => {
+                    // The LB reopens its access log (logrotate).
+                    if let Some(lb) = &self.lb {
+                        lb.process.signal(Signal::SIGUSR1);
+                    }
+                }
                 _ = hup.recv() => {
                     // The LB rereads its certificates; the workers roll.
                     if let Some(lb) = &self.lb {
