@@ -33,13 +33,24 @@ pub enum LinkMsg {
     /// LB → manager: replace this worker. It may take requests until its
     /// replacement has joined (a recycle asks ahead of time), or none at
     /// all (an abandoned request, an unreachable socket).
-    Retire { id: WorkerId },
+    Retire {
+        id: WorkerId,
+        #[serde(default)]
+        why: Retirement,
+    },
     /// Manager → LB: no worker of the app's current version has ever been
     /// ready, and one failed to start with this error (its last line of
     /// output); `None`: one is ready now.
     Failing { error: Option<String> },
     /// Manager → LB: this worker's process is gone.
     Dead { id: WorkerId },
+    /// Manager → LB, about once a second with `--metrics`: workers
+    /// replaced so far by reason (the manager's counts, which outlive an
+    /// LB), and each serving worker's slot and memory.
+    Stats {
+        replaced: Replaced,
+        workers: Vec<WorkerStat>,
+    },
     /// Manager → LB (after an LB restart): this worker had joined.
     Rejoin {
         id: WorkerId,
@@ -47,6 +58,54 @@ pub enum LinkMsg {
         socket: PathBuf,
         version: Option<u64>,
     },
+}
+
+/// Why the LB asks for a worker to be replaced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Retirement {
+    /// Its request budget (`r:<N>`) is (nearly) used up.
+    #[default]
+    Recycle,
+    /// Its app asked to be replaced (the loader does after `--max-reloads`).
+    Reload,
+    /// A request of it was abandoned, or its socket is unreachable: its app
+    /// may still be busy.
+    Abandoned,
+}
+
+/// Workers replaced, by reason, since the manager started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced {
+    pub crash: u64,
+    pub recycle: u64,
+    pub reload: u64,
+    pub abandoned: u64,
+    pub memory: u64,
+    pub rolling_restart: u64,
+}
+
+impl Replaced {
+    /// Each reason's label and count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            ("crash", self.crash),
+            ("recycle", self.recycle),
+            ("reload", self.reload),
+            ("abandoned", self.abandoned),
+            ("memory", self.memory),
+            ("rolling_restart", self.rolling_restart),
+        ]
+    }
+}
+
+/// A serving worker, as the manager sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStat {
+    pub slot: usize,
+    pub id: WorkerId,
+    /// Its process tree's resident memory (it and its app).
+    pub rss: u64,
 }
 
 /// Wraps an inherited (or freshly made) socketpair end.

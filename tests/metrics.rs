@@ -158,3 +158,87 @@ fn a_metrics_address_that_is_taken_is_exit_2() {
     let bad = run(&["builtin:hello", "--metrics=9100"], &[]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// Replacements by reason and per-slot worker series, from the manager.
+#[test]
+fn replacements_are_counted_by_reason_and_workers_by_slot() {
+    let server = Server::start(&[&probe(), "w:2", "r:0", "--metrics=127.0.0.1:0"]);
+    server.wait_workers(2);
+    let port = metrics_port(&server);
+    // The manager's part comes within a second.
+    let first = eventually("the workers' series", || {
+        let text = scrape(port);
+        text.contains("rip_worker_resident_memory_bytes{slot=\"1\"}")
+            .then_some(text)
+    });
+    for reason in [
+        "crash",
+        "recycle",
+        "reload",
+        "abandoned",
+        "memory",
+        "rolling_restart",
+    ] {
+        assert_eq!(
+            value(
+                &first,
+                &format!("rip_worker_replacements_total{{reason=\"{reason}\"}}")
+            ),
+            0.0
+        );
+    }
+    for slot in ["0", "1"] {
+        assert!(
+            value(
+                &first,
+                &format!("rip_worker_resident_memory_bytes{{slot=\"{slot}\"}}")
+            ) > 1e6
+        );
+    }
+    // A rolling restart replaces both; an app that dies is a crash.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    server.wait_output("worker 3 ready");
+    server.wait_workers(2);
+    assert_eq!(server.get("/die").status, 502);
+    server.wait_output("worker 4 ready");
+    for _ in 0..3 {
+        assert_eq!(server.get("/pid").status, 200);
+    }
+    let after = eventually("the counts", || {
+        let text = scrape(port);
+        (value(&text, "rip_worker_replacements_total{reason=\"crash\"}") == 1.0).then_some(text)
+    });
+    let (ok, said) = promtool(&after);
+    assert!(
+        ok && said.trim().is_empty(),
+        "promtool check metrics:\n{said}\n{after}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "rip_worker_replacements_total{reason=\"rolling_restart\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&after, "rip_worker_replacements_total{reason=\"recycle\"}"),
+        0.0
+    );
+    // Two slots, however many workers have come and gone.
+    assert_eq!(
+        after
+            .lines()
+            .filter(|l| l.starts_with("rip_worker_resident_memory_bytes{"))
+            .count(),
+        2
+    );
+    let requests: f64 = ["0", "1"]
+        .iter()
+        .map(|slot| value(&after, &format!("rip_worker_requests{{slot=\"{slot}\"}}")))
+        .sum();
+    assert!(requests >= 3.0, "{after}");
+}

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::pool::{Checkin, Checkout, Conflict, Enqueue, Epoch, Outcome, Pool, Stats, WorkerId};
 use super::upstream::Upstream;
-use crate::link::LinkMsg;
+use crate::link::{LinkMsg, Retirement};
 
 pub type Waiter<C> = oneshot::Sender<Checkout<C>>;
 
@@ -88,7 +88,8 @@ impl<C> Scheduler<C> {
     /// Takes a worker off the rotation and asks the manager to replace it.
     pub fn retire(&self, id: WorkerId) {
         if self.pool().retire(id) {
-            let _ = self.manager.send(LinkMsg::Retire { id });
+            let why = Retirement::Abandoned;
+            let _ = self.manager.send(LinkMsg::Retire { id, why });
         }
     }
 
@@ -100,14 +101,16 @@ impl<C> Scheduler<C> {
             .pool()
             .spend_lease(id, epoch, Instant::now().into_std())
         {
-            let _ = self.manager.send(LinkMsg::Retire { id });
+            let why = Retirement::Reload;
+            let _ = self.manager.send(LinkMsg::Retire { id, why });
         }
     }
 
     /// [`Scheduler::retire`], for the exchange holding checkout `epoch`.
     fn retire_lease(&self, id: WorkerId, epoch: Epoch) {
         if self.pool().retire_lease(id, epoch) {
-            let _ = self.manager.send(LinkMsg::Retire { id });
+            let why = Retirement::Abandoned;
+            let _ = self.manager.send(LinkMsg::Retire { id, why });
         }
     }
 
@@ -172,7 +175,11 @@ impl<C> Scheduler<C> {
 
     fn lease(self: &Arc<Self>, checkout: Checkout<C>) -> Lease<C> {
         if checkout.replace {
-            let _ = self.manager.send(LinkMsg::Retire { id: checkout.id });
+            let why = Retirement::Recycle;
+            let _ = self.manager.send(LinkMsg::Retire {
+                id: checkout.id,
+                why,
+            });
         }
         if checkout.first {
             let _ = self.manager.send(LinkMsg::Served { id: checkout.id });
@@ -193,7 +200,8 @@ impl<C> Scheduler<C> {
         match checkin {
             Checkin::Done | Checkin::HandedOver | Checkin::Stale => {}
             Checkin::Retired => {
-                let _ = self.manager.send(LinkMsg::Retire { id });
+                let why = Retirement::Abandoned;
+                let _ = self.manager.send(LinkMsg::Retire { id, why });
             }
             Checkin::Drained => self.drained.notify_waiters(),
         }
@@ -422,7 +430,13 @@ mod tests {
         assert_eq!(lease.id(), 1);
         assert_eq!(rx.recv().await, Some(LinkMsg::Served { id: 1 }));
         drop(lease);
-        assert_eq!(rx.recv().await, Some(LinkMsg::Retire { id: 1 }));
+        assert_eq!(
+            rx.recv().await,
+            Some(LinkMsg::Retire {
+                id: 1,
+                why: Retirement::Abandoned
+            })
+        );
         let next = s.acquire().await.expect("worker");
         assert_eq!(next.id(), 0);
         next.release(None);

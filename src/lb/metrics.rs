@@ -345,6 +345,41 @@ impl Metrics {
     }
 }
 
+/// The manager's part (its last `Stats`): workers replaced by reason, and
+/// per slot (`w:<N>` of them, so the series stay few however many workers
+/// come and go) the memory of the worker serving in it and the requests it
+/// has taken (`served`: by worker id, from the pool).
+pub fn render_workers(
+    out: &mut String,
+    replaced: &crate::link::Replaced,
+    workers: &[crate::link::WorkerStat],
+    served: &dyn Fn(u32) -> Option<u64>,
+) {
+    let _ = writeln!(out, "# HELP rip_worker_replacements_total Workers replaced, by reason (counted by the manager: they outlive an LB restart).\n# TYPE rip_worker_replacements_total counter");
+    for (reason, count) in replaced.by_reason() {
+        let _ = writeln!(
+            out,
+            "rip_worker_replacements_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
+    let mut slots: Vec<&crate::link::WorkerStat> = workers.iter().collect();
+    slots.sort_by_key(|w| (w.slot, w.id));
+    let _ = writeln!(out, "# HELP rip_worker_resident_memory_bytes Memory of the worker serving in a slot, its app's included.\n# TYPE rip_worker_resident_memory_bytes gauge");
+    for w in &slots {
+        let _ = writeln!(
+            out,
+            "rip_worker_resident_memory_bytes{{slot=\"{}\"}} {}",
+            w.slot, w.rss
+        );
+    }
+    let _ = writeln!(out, "# HELP rip_worker_requests Requests the worker serving in a slot has taken (from 0 for each new worker).\n# TYPE rip_worker_requests gauge");
+    for w in &slots {
+        if let Some(n) = served(w.id) {
+            let _ = writeln!(out, "rip_worker_requests{{slot=\"{}\"}} {n}", w.slot);
+        }
+    }
+}
+
 /// This process' resident memory, in bytes (`/proc/self/statm`).
 pub fn rss_bytes() -> u64 {
     let page = 4096;

@@ -133,6 +133,8 @@ struct Lb {
     /// Open client connections.
     connections: memory::Connections,
     started_at: std::time::SystemTime,
+    /// The manager's last `Stats` (for the metrics).
+    from_manager: std::sync::Mutex<Option<(crate::link::Replaced, Vec<crate::link::WorkerStat>)>>,
 }
 
 async fn serve(
@@ -249,6 +251,7 @@ async fn serve(
         started_at: std::time::SystemTime::now(),
         draining: Default::default(),
         connections: memory::Connections::default(),
+        from_manager: Default::default(),
     });
 
     let ctl_path = config.paths.ctl();
@@ -272,6 +275,12 @@ async fn serve(
             match msg {
                 LinkMsg::Dead { id } => link_balancer.leave(id),
                 LinkMsg::Failing { error } => link_lb.proxy.failing.set(error),
+                LinkMsg::Stats { replaced, workers } => {
+                    *link_lb
+                        .from_manager
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some((replaced, workers));
+                }
                 LinkMsg::Rejoin {
                     id,
                     socket,
@@ -561,7 +570,14 @@ impl Lb {
             descriptors: metrics::descriptors(),
             draining: self.draining(),
         };
-        metrics::METRICS.render(&gauges).into_bytes()
+        let mut text = metrics::METRICS.render(&gauges);
+        let from_manager = self.from_manager.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((replaced, workers)) = from_manager.as_ref() {
+            let rows = self.proxy.balancer.workers();
+            let served = |id: u32| rows.iter().find(|r| r.id == id).map(|r| r.served);
+            metrics::render_workers(&mut text, replaced, workers, &served);
+        }
+        text.into_bytes()
     }
 
     fn draining(&self) -> bool {

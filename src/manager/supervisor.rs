@@ -180,8 +180,11 @@ pub struct Supervisor {
     watch: Option<(watch::Watch, mpsc::Receiver<Vec<PathBuf>>)>,
     /// What systemd has been told, when it started us.
     systemd: Option<Systemd>,
-    /// When the workers' memory was last sampled (`--max-memory`).
+    /// When the workers' memory was last sampled (`--max-memory`,
+    /// `--metrics`).
     memory_sampled: Instant,
+    /// Workers replaced so far, by reason (for the metrics).
+    replaced: crate::link::Replaced,
 }
 
 /// How often `--max-memory` samples the workers' memory.
@@ -236,6 +239,7 @@ impl Supervisor {
             watch: None,
             systemd: None,
             memory_sampled: Instant::now(),
+            replaced: Default::default(),
         };
         let env = |name: &str| std::env::var(name).ok();
         match crate::systemd::Notifier::from_env(&env, std::process::id()) {
@@ -360,7 +364,7 @@ impl Supervisor {
                 _ = tick.tick() => {
                     self.restart_lb_if_due();
                     self.enforce_deadlines();
-                    self.limit_memory();
+                    self.sample_workers();
                     self.reconcile();
                 }
             }
@@ -493,10 +497,16 @@ impl Supervisor {
             LinkMsg::Left { id } => {
                 self.joined.remove(&id);
             }
-            LinkMsg::Retire { id } => {
+            LinkMsg::Retire { id, why } => {
                 if let Some(worker) = self.workers.get_mut(&id) {
                     if matches!(worker.state, State::Starting { .. } | State::Ready) {
                         worker.state = State::Retiring;
+                        let count = match why {
+                            crate::link::Retirement::Recycle => &mut self.replaced.recycle,
+                            crate::link::Retirement::Reload => &mut self.replaced.reload,
+                            crate::link::Retirement::Abandoned => &mut self.replaced.abandoned,
+                        };
+                        *count += 1;
                         self.reconcile();
                     }
                 }
@@ -506,7 +516,10 @@ impl Supervisor {
                     worker.served = true;
                 }
             }
-            LinkMsg::Dead { .. } | LinkMsg::Rejoin { .. } | LinkMsg::Failing { .. } => {}
+            LinkMsg::Dead { .. }
+            | LinkMsg::Rejoin { .. }
+            | LinkMsg::Failing { .. }
+            | LinkMsg::Stats { .. } => {}
         }
     }
 
@@ -520,6 +533,7 @@ impl Supervisor {
             self.reconcile();
             return; // planned: recycled, replaced or stopped
         }
+        self.replaced.crash += 1;
         // It exited on its own: its app died (a retiring worker too — the LB
         // retires a worker whose app vanished mid-request). One that was
         // serving is a casualty (the OOM killer, a poison request): it is
@@ -633,24 +647,33 @@ impl Supervisor {
 
     /// Fills every empty slot whose backoff has run out. (A slot whose
     /// worker is retiring is empty: its replacement starts now.)
-    /// `--max-memory`: about once a second, a serving worker whose process
-    /// tree (it and its app) holds more than the limit is replaced the way
-    /// a recycled one is — its replacement starts now, and it is stopped
-    /// (its request in flight finished) once the replacement has joined.
-    fn limit_memory(&mut self) {
-        let Some(limit) = self.config.max_memory else {
+    /// About once a second, with `--max-memory` or `--metrics`: reads each
+    /// serving worker's memory (its process tree: it and its app) and
+    /// tells the LB (the metrics); a worker over `--max-memory` is replaced
+    /// the way a recycled one is — its replacement starts now, and it is
+    /// stopped (its request in flight finished) once the replacement has
+    /// joined.
+    fn sample_workers(&mut self) {
+        if self.config.max_memory.is_none() && self.config.metrics.is_none() {
             return;
-        };
+        }
         if self.memory_sampled.elapsed() < MEMORY_EVERY {
             return;
         }
         self.memory_sampled = Instant::now();
         let table = crate::procfs::table();
+        let limit = self.config.max_memory.unwrap_or(u64::MAX);
+        let mut stats = Vec::new();
         for (id, worker) in &mut self.workers {
             if worker.state != State::Ready {
                 continue;
             }
             let rss = crate::procfs::tree_rss(worker.process.pid(), &table);
+            stats.push(crate::link::WorkerStat {
+                slot: worker.slot,
+                id: *id,
+                rss,
+            });
             if rss > limit {
                 let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
                 warn!(
@@ -660,7 +683,15 @@ impl Supervisor {
                     mib(limit)
                 );
                 worker.state = State::Retiring;
+                self.replaced.memory += 1;
             }
+        }
+        if self.config.metrics.is_some() {
+            let replaced = self.replaced.clone();
+            self.send_lb(LinkMsg::Stats {
+                replaced,
+                workers: stats,
+            });
         }
     }
 
@@ -761,6 +792,7 @@ impl Supervisor {
         for worker in self.workers.values_mut() {
             if matches!(worker.state, State::Starting { .. } | State::Ready) {
                 worker.state = State::Retiring;
+                self.replaced.rolling_restart += 1;
             }
         }
         self.reconcile();
