@@ -242,3 +242,44 @@ fn replacements_are_counted_by_reason_and_workers_by_slot() {
         .sum();
     assert!(requests >= 3.0, "{after}");
 }
+
+/// A worker replaced for its request budget is a `recycle`, and one over
+/// `--max-memory` a `memory`, in the metrics.
+#[test]
+fn recycling_and_memory_are_counted_as_their_reasons() {
+    let server = Server::start(&["builtin:hello", "w:1", "r:5", "--metrics=127.0.0.1:0"]);
+    server.wait_workers(1);
+    let port = metrics_port(&server);
+    for _ in 0..12 {
+        assert_eq!(server.get("/ping").status, 200);
+    }
+    eventually("two recycles counted", || {
+        let text = scrape(port);
+        let counted = text.contains("rip_worker_replacements_total");
+        (counted && value(&text, "rip_worker_replacements_total{reason=\"recycle\"}") >= 2.0)
+            .then_some(())
+    });
+
+    let leaky = Server::start(&[
+        &probe(),
+        "w:1",
+        "r:0",
+        "--max-memory=64M",
+        "--metrics=127.0.0.1:0",
+    ]);
+    leaky.wait_workers(1);
+    let port = metrics_port(&leaky);
+    let text = eventually("a memory replacement counted", || {
+        if !leaky.output().contains("over --max-memory") {
+            assert_eq!(leaky.get("/grow?mb=16").status, 200);
+        }
+        let text = scrape(port);
+        (text.contains("rip_worker_replacements_total")
+            && value(&text, "rip_worker_replacements_total{reason=\"memory\"}") == 1.0)
+            .then_some(text)
+    });
+    assert_eq!(
+        value(&text, "rip_worker_replacements_total{reason=\"crash\"}"),
+        0.0
+    );
+}
