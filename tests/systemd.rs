@@ -193,6 +193,8 @@ fn a_listener_systemd_passes_is_served_instead_of_binding() {
         &["builtin:hello", "w:1", "http:1"],
         dir.path(),
     );
+    // Stopped even if an assertion below fails.
+    let _stop = StopOnDrop(vec![child.id()]);
     drop(listener);
     let stdout = support::Output::default();
     stdout.clone().collect(child.stdout.take().unwrap());
