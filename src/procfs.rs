@@ -92,13 +92,15 @@ pub fn tree(pid: u32, table: &Table) -> Vec<u32> {
     all
 }
 
-/// The resident memory of `pid` and its descendants, in bytes.
-pub fn tree_rss(pid: u32, table: &Table) -> u64 {
+/// What `pid` and its descendants hold together: resident memory, in
+/// bytes, and CPU time, in seconds.
+pub fn tree_totals(pid: u32, table: &Table) -> (u64, f64) {
     tree(pid, table)
         .iter()
         .filter_map(|p| table.get(p))
-        .map(|p| p.rss_bytes)
-        .sum()
+        .fold((0, 0.0), |(rss, cpu), p| {
+            (rss + p.rss_bytes, cpu + p.cpu_secs)
+        })
 }
 
 #[cfg(test)]
@@ -114,7 +116,7 @@ mod tests {
         let table = table();
         let me = std::process::id();
         assert!(tree(me, &table).contains(&child.id()));
-        assert!(tree_rss(me, &table) > table[&me].rss_bytes);
+        assert!(tree_totals(me, &table).0 > table[&me].rss_bytes);
         assert!(table[&me].age_secs >= 0.0 && table[&me].cpu_secs > 0.0);
         child.kill().unwrap();
         child.wait().unwrap();

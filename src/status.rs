@@ -11,8 +11,6 @@
 //! joined yet (`starting`, when its id is newer than every joined one's;
 //! ids are never reused) or has left (`stopping`).
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -68,7 +66,7 @@ fn server(dir: &Path, prefix: &str, manager: u32) -> Value {
     let mut workers: Vec<Value> = Vec::new();
     let processes = worker_processes(manager, &table);
     for (id, pid) in &processes {
-        let tree = procfs::tree(*pid, &table);
+        let (rss, cpu) = procfs::tree_totals(*pid, &table);
         let lb_row = joined.iter().find(|w| w["id"].as_u64() == Some(*id as u64));
         let state = match lb_row {
             Some(row) => row["state"].clone(),
@@ -82,8 +80,8 @@ fn server(dir: &Path, prefix: &str, manager: u32) -> Value {
             "state": state,
             "served": lb_row.map_or(json!(0), |r| r["served"].clone()),
             "uptime_secs": table.get(pid).map(|p| millis(p.age_secs)),
-            "rss_bytes": tree.iter().filter_map(|p| table.get(p)).map(|p| p.rss_bytes).sum::<u64>(),
-            "cpu_secs": millis(tree.iter().filter_map(|p| table.get(p)).map(|p| p.cpu_secs).sum::<f64>()),
+            "rss_bytes": rss,
+            "cpu_secs": millis(cpu),
             "idle_secs": lb_row.and_then(|r| r["idle_secs"].as_f64()).map(millis),
         }));
     }
@@ -114,33 +112,19 @@ fn server(dir: &Path, prefix: &str, manager: u32) -> Value {
 
 /// `GET /workers` from the load balancer, over its control socket.
 fn ask(ctl: &Path) -> Result<Value, String> {
-    let mut stream = UnixStream::connect(ctl)
-        .map_err(|e| format!("cannot reach the load balancer at {}: {e}", ctl.display()))?;
-    stream
-        .set_read_timeout(Some(ASK_TIMEOUT))
+    let request = hyper::Request::get("/workers")
+        .header(hyper::header::HOST, "lb")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
         .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(ASK_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /workers HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("the load balancer: {e}"))?;
-    let mut answer = Vec::new();
-    stream
-        .take(1 << 20)
-        .read_to_end(&mut answer)
-        .map_err(|e| format!("the load balancer: {e}"))?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("the load balancer answered no head")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!(
-            "the load balancer answered {}",
-            head.lines().next().unwrap_or("")
-        ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let (status, body) = runtime.block_on(crate::http::unix_call(ctl, request, ASK_TIMEOUT))?;
+    if status != hyper::StatusCode::OK {
+        return Err(format!("the load balancer answered {status}"));
     }
-    serde_json::from_str(body).map_err(|e| format!("the load balancer's answer: {e}"))
+    serde_json::from_slice(&body).map_err(|e| format!("the load balancer's answer: {e}"))
 }
 
 /// The manager's worker processes (`rip-server worker <id> ...`), by id.

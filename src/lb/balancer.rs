@@ -151,7 +151,7 @@ impl<C> Scheduler<C> {
             let (tx, rx) = oneshot::channel();
             match pool.enqueue(tx, deadline.into_std()) {
                 Enqueue::Queued(key) => {
-                    super::metrics::METRICS.queued(pool.stats().queued);
+                    super::metrics::METRICS.queued(pool.queued());
                     (key, rx)
                 }
                 Enqueue::Full(_) => return Err(Reject::QueueFull),

@@ -119,7 +119,7 @@ impl Control {
             "joined": stats.workers,
             "queue": {
                 "now": stats.queued,
-                "max": METRICS.queue_max().max(stats.queued as u64),
+                "max": METRICS.queue_max(),
                 "timeouts": METRICS.answers(Cause::QueueTimeout),
                 "full": METRICS.answers(Cause::QueueFull),
             },

@@ -516,24 +516,21 @@ pub fn parse_request(
             put_header(out, f.name.as_bytes(), f.value);
         }
     }
-    let asked_host = match (&form, host) {
-        (Target::Absolute { authority, .. }, _) => Some(authority.clone()),
-        (Target::Origin, Some(host)) => Some(offset_of(buf, host)),
-        (Target::Origin, None) => None,
-    };
-    let host = match (&form, host) {
+    // The host forwarded, and where the one the client asked for lies.
+    let (host, asked_host) = match (&form, host) {
         (Target::Absolute { authority, .. }, _) => {
-            let authority = &buf[authority.clone()];
+            let range = authority.clone();
+            let authority = &buf[range.clone()];
             put_header(out, b"host", authority);
-            authority
+            (authority, Some(range))
         }
         // HTTP/1.0 without Host reaches the app as HTTP/1.1, so it gets one.
         (Target::Origin, None) => {
             let local = context.host.unwrap_or("localhost").as_bytes();
             put_header(out, b"host", local);
-            local
+            (local, None)
         }
-        (Target::Origin, Some(host)) => host,
+        (Target::Origin, Some(host)) => (host, Some(offset_of(buf, host))),
     };
     if websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");

@@ -172,12 +172,11 @@ impl Metrics {
         }
     }
 
-    pub fn bytes_in(&self, n: usize) {
-        self.bytes_in.fetch_add(n as u64, Relaxed);
-    }
-
-    pub fn bytes_out(&self, n: usize) {
-        self.bytes_out.fetch_add(n as u64, Relaxed);
+    /// Bytes a client connection carried, in and out (added once per
+    /// request, not per read or write).
+    pub fn bytes(&self, read: u64, written: u64) {
+        self.bytes_in.fetch_add(read, Relaxed);
+        self.bytes_out.fetch_add(written, Relaxed);
     }
 
     /// The most requests that waited at once.
@@ -191,7 +190,8 @@ impl Metrics {
         self.own[i].load(Relaxed)
     }
 
-    /// The queue holds `depth` requests now.
+    /// The queue holds `depth` requests now (called at each enqueue, so
+    /// the maximum is never below the depth).
     pub fn queued(&self, depth: usize) {
         self.queue_max.fetch_max(depth as u64, Relaxed);
     }
@@ -245,7 +245,7 @@ impl Metrics {
             "rip_queue_depth_max",
             "gauge",
             "The most requests that waited at once since the LB started.",
-            self.queue_max.load(Relaxed).max(g.queue as u64).to_string(),
+            self.queue_max.load(Relaxed).to_string(),
         );
         one(
             "rip_workers_expected",
@@ -461,8 +461,7 @@ mod tests {
         );
         m.queued(7);
         m.queued(3);
-        m.bytes_in(10);
-        m.bytes_out(32);
+        m.bytes(10, 32);
         let text = m.render(&Gauges {
             queue: 2,
             ..Gauges::default()

@@ -127,12 +127,12 @@ struct Lb {
     ports: serde_json::Value,
     workers: usize,
     started: Instant,
-    /// Set at SIGTERM: the health route answers `503` while what is in
-    /// flight and queued finishes (a readiness probe takes us out).
-    draining: std::sync::atomic::AtomicBool,
+    /// True from SIGTERM on: connections close after their exchange, and
+    /// the health route answers `503` while what is in flight and queued
+    /// finishes (a readiness probe takes us out).
+    stopping: tokio::sync::watch::Receiver<bool>,
     /// Open client connections.
     connections: memory::Connections,
-    started_at: std::time::SystemTime,
     /// The manager's last `Stats` (for the metrics).
     from_manager: std::sync::Mutex<Option<(crate::link::Replaced, Vec<crate::link::WorkerStat>)>>,
 }
@@ -203,6 +203,7 @@ async fn serve(
         manager_tx.clone(),
     ));
     let log = AccessLog::start(config.access_log, &config.app.name);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let lb = Arc::new(Lb {
         proxy: Proxy {
             balancer: balancer.clone(),
@@ -248,8 +249,7 @@ async fn serve(
         hsts: config.hsts.map(proxy::Hsts::new).unwrap_or_default(),
         workers: config.workers,
         started: Instant::now(),
-        started_at: std::time::SystemTime::now(),
-        draining: Default::default(),
+        stopping: stop.clone(),
         connections: memory::Connections::default(),
         from_manager: Default::default(),
     });
@@ -300,7 +300,6 @@ async fn serve(
         let _ = manager_gone_tx.send(());
     });
 
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let memory = lb.connections.clone();
     tokio::spawn(memory.clone().trim_after_bursts());
     tokio::spawn(balancer.clone().wake_spent());
@@ -355,8 +354,8 @@ async fn serve(
             _ = term.recv() => break,
             _ = usr1.recv() => {
                 // logrotate moved the file away: write to a new one.
+                // Lines still buffered go to the new file.
                 if let Some(path) = &config.access_log_file {
-                    log.flush();
                     match access_log::write_to(path) {
                         Ok(()) => info!("SIGUSR1: reopened the access log {}", path.display()),
                         Err(why) => warn!("SIGUSR1: {why}; writing on to the old file"),
@@ -377,11 +376,9 @@ async fn serve(
     }
     // Stop accepting; finish what is in flight and queued, close the idle.
     // The status listener answers until the end: the health route `503`.
-    lb.draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = stop_tx.send(true);
     drop(listener);
     drop(https);
-    let _ = stop_tx.send(true);
     if !memory.wait_closed(config.shutdown_timeout).await {
         warn!("requests still in flight after the shutdown timeout; closing them");
     }
@@ -555,8 +552,7 @@ impl Lb {
     fn metrics(&self) -> Vec<u8> {
         let stats = self.proxy.balancer.stats();
         let gauges = metrics::Gauges {
-            start_time: self
-                .started_at
+            start_time: (std::time::SystemTime::now() - self.started.elapsed())
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             queue: stats.queued,
@@ -581,7 +577,7 @@ impl Lb {
     }
 
     fn draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+        *self.stopping.borrow()
     }
 
     fn status(&self) -> Vec<u8> {

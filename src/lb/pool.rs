@@ -552,6 +552,11 @@ impl<C, W> Pool<C, W> {
         rows
     }
 
+    /// Requests waiting now.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn stats(&self) -> Stats {
         let workers = self
             .slots

@@ -201,6 +201,16 @@ impl Client {
         }
     }
 
+    /// What went in and out of the connection since the last request's
+    /// line, now added to the metrics' totals.
+    fn bytes_since_logged(&self) -> (u64, u64) {
+        let counted = self.socket.counted();
+        let logged = self.logged.replace(counted);
+        let (bytes_in, bytes_out) = (counted.0 - logged.0, counted.1 - logged.1);
+        METRICS.bytes(bytes_in, bytes_out);
+        (bytes_in, bytes_out)
+    }
+
     /// The client came over TLS.
     pub fn https(&self) -> bool {
         self.socket.is_tls()
@@ -263,10 +273,7 @@ impl Client {
             Answerer::App(took, id) => (None, took, id),
         };
         METRICS.answered(status, cause, self.queued, worker);
-        // What went in and out since the last request's line.
-        let counted = self.socket.counted();
-        let logged = self.logged.replace(counted);
-        let (bytes_in, bytes_out) = (counted.0 - logged.0, counted.1 - logged.1);
+        let (bytes_in, bytes_out) = self.bytes_since_logged();
         log.log(&Entry {
             client: self.peer,
             worker_id,
@@ -314,6 +321,13 @@ impl Client {
             }
         }
         self.backlog.shrink(KEEP_CAPACITY);
+    }
+}
+
+impl Drop for Client {
+    /// What the connection carried past its last line still counts.
+    fn drop(&mut self) {
+        self.bytes_since_logged();
     }
 }
 

@@ -196,10 +196,20 @@ const MEMORY_EVERY: Duration = Duration::from_secs(1);
 /// and `WATCHDOG=1` from the main loop while it runs.
 struct Systemd {
     notifier: crate::systemd::Notifier,
-    ready: bool,
-    reloading: bool,
+    told: Told,
     status: String,
     watchdog_at: Instant,
+}
+
+/// What systemd was last told of readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    /// Nothing yet: starting (→ `Ready` once every worker is ready).
+    Starting,
+    /// `READY=1` (→ `Reloading` at a rolling restart).
+    Ready,
+    /// `RELOADING=1` (→ `Ready` when the rolling restart is over).
+    Reloading,
 }
 
 impl Supervisor {
@@ -246,8 +256,7 @@ impl Supervisor {
             Ok(notifier) => {
                 supervisor.systemd = notifier.map(|notifier| Systemd {
                     notifier,
-                    ready: false,
-                    reloading: false,
+                    told: Told::Starting,
                     status: String::new(),
                     watchdog_at: Instant::now(),
                 })
@@ -668,7 +677,7 @@ impl Supervisor {
             if worker.state != State::Ready {
                 continue;
             }
-            let rss = crate::procfs::tree_rss(worker.process.pid(), &table);
+            let (rss, _) = crate::procfs::tree_totals(worker.process.pid(), &table);
             stats.push(crate::link::WorkerStat {
                 slot: worker.slot,
                 id: *id,
@@ -715,19 +724,19 @@ impl Supervisor {
                 self.version
             ),
         };
-        let now_ready = if !systemd.ready {
-            self.all_ready_once
-        } else {
+        let now_ready = match systemd.told {
+            Told::Starting => self.all_ready_once,
+            Told::Ready => false,
             // A rolling restart is over when the old workers are gone, or
             // the new code cannot start (the old ones serve on).
-            systemd.reloading && (!retiring && ready >= expected || self.failing.is_some())
+            Told::Reloading => !retiring && ready >= expected || self.failing.is_some(),
         };
         let Some(systemd) = &mut self.systemd else {
             return;
         };
         if now_ready {
             systemd.notifier.send(&format!("READY=1\nSTATUS={status}"));
-            (systemd.ready, systemd.reloading) = (true, false);
+            systemd.told = Told::Ready;
         } else if status != systemd.status {
             systemd.notifier.send(&format!("STATUS={status}"));
         }
@@ -781,9 +790,9 @@ impl Supervisor {
     fn rolling_restart(&mut self) {
         self.version += 1;
         info!("rolling restart to version {}", self.version);
-        if let Some(systemd) = self.systemd.as_mut().filter(|s| s.ready) {
+        if let Some(systemd) = self.systemd.as_mut().filter(|s| s.told != Told::Starting) {
             systemd.notifier.send(&crate::systemd::reloading());
-            systemd.reloading = true;
+            systemd.told = Told::Reloading;
         }
         for slot in &mut self.slots {
             slot.backoff.reset();
